@@ -1,0 +1,20 @@
+"""InstructPix2Pix guidance for CSD-Edit: loading, prompt and source caches, batched guided residuals."""
+
+from csd_nerf.guidance.errors import GuidanceLoadError
+from csd_nerf.guidance.ip2p import GuidanceConfig, GuidanceOutput, GuidanceStats, IP2PGuidance
+from csd_nerf.guidance.loading import DEFAULT_MODEL, load_ip2p_components
+from csd_nerf.guidance.source_cache import SourceCache
+from csd_nerf.guidance.tiny import TINY_MODEL_NAME, TINY_NOTICE
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "TINY_MODEL_NAME",
+    "TINY_NOTICE",
+    "GuidanceConfig",
+    "GuidanceLoadError",
+    "GuidanceOutput",
+    "GuidanceStats",
+    "IP2PGuidance",
+    "SourceCache",
+    "load_ip2p_components",
+]

@@ -1,0 +1,146 @@
+"""Loading InstructPix2Pix's parts through diffusers from a hub id, a local folder, or ``tiny``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from csd_nerf.guidance.errors import GuidanceLoadError
+from csd_nerf.guidance.tiny import TINY_MODEL_NAME, tiny_ip2p_path
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class IP2PComponents:
+    """The parts of IP2P that score distillation needs (no safety checker, no sampler loop)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    source: str
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float16"`` / ``torch.float16`` -> ``torch.float16``, with a one-line error for anything else."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().exists() or model.count("/") > 1
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hub answers at all; offline the hub client would otherwise retry for half a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _fix_hint(model: str) -> str:
+    return (
+        f"download it once on a connected machine (`hf download {model} --local-dir ip2p`) and pass that folder, "
+        f"or use model 'tiny' for an offline smoke run"
+    )
+
+
+def load_ip2p_components(model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    """Load UNet, VAE, text encoder, tokenizer and noise schedule of an IP2P model.
+
+    Args:
+        model: a hub id (default ``timbrooks/instruct-pix2pix``), a local diffusers folder, or ``tiny``.
+        device: where the networks go.
+        dtype: ``float32`` or ``float16`` (``bfloat16`` also accepted).
+
+    Raises:
+        GuidanceLoadError: with a one-line message saying how to fix it.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    if not model or not model.strip():
+        raise GuidanceLoadError(
+            f"no InstructPix2Pix model given: pass a hub id such as {DEFAULT_MODEL}, a folder, or 'tiny'"
+        )
+    if model == TINY_MODEL_NAME:
+        location, local = str(tiny_ip2p_path()), True
+    elif _looks_like_path(model):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise GuidanceLoadError(
+                f"InstructPix2Pix folder {folder} does not exist: pass an existing diffusers folder"
+            )
+        missing = [name for name in _SUBFOLDERS if not (folder / name).is_dir()]
+        if missing:
+            raise GuidanceLoadError(
+                f"{folder} is not a diffusers InstructPix2Pix folder (missing {', '.join(missing)}): "
+                f"pass the folder that holds model_index.json"
+            )
+        location, local = str(folder), True
+    else:
+        location, local = model, False
+
+    def load_all(local_files_only: bool) -> IP2PComponents:
+        kwargs = {"local_files_only": local_files_only}
+        return IP2PComponents(
+            unet=UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=torch_dtype, **kwargs),
+            vae=AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=torch_dtype, **kwargs),
+            text_encoder=CLIPTextModel.from_pretrained(location, subfolder="text_encoder", dtype=torch_dtype, **kwargs),
+            tokenizer=CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", **kwargs),
+            scheduler=DDIMScheduler.from_pretrained(location, subfolder="scheduler", **kwargs),
+            source=model,
+        )
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the hub client's retries would bury our one-line message
+    try:
+        try:
+            parts = load_all(local_files_only=True)
+        except Exception:
+            if local:
+                raise
+            if not _hub_reachable():
+                raise GuidanceLoadError(
+                    f"InstructPix2Pix {model!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+                    f"(offline?): {_fix_hint(model)}"
+                ) from None
+            parts = load_all(local_files_only=False)
+    except GuidanceLoadError:
+        raise
+    except Exception as exc:  # diffusers/transformers/hub raise many types; all mean "not loadable"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "the local folder" if local else "the Hugging Face Hub or its local cache"
+        raise GuidanceLoadError(
+            f"cannot load InstructPix2Pix {model!r} from {where} ({reason[:160]}): {_fix_hint(model)}"
+        ) from exc
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+    for net in (parts.unet, parts.vae, parts.text_encoder):
+        net.to(device)
+        net.eval()
+        net.requires_grad_(False)
+    return parts
