@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from csd_nerf.guidance.loading import DEFAULT_MODEL, load_ip2p_components, parse_dtype
+from csd_nerf.guidance.loading import DEFAULT_MODEL, IP2PComponents, load_ip2p_components, parse_dtype
 from csd_nerf.guidance.tiny import TINY_MODEL_NAME, TINY_NOTICE
 
 Baseline = Literal["image", "noise"]
@@ -61,11 +61,17 @@ class GuidanceOutput:
 class IP2PGuidance:
     """InstructPix2Pix as a score-distillation prior."""
 
-    def __init__(self, config: GuidanceConfig) -> None:
+    def __init__(self, config: GuidanceConfig, components: IP2PComponents | None = None) -> None:
+        """Load ``config.model``, or wrap already-built ``components`` (benchmarks' random-weight presets)."""
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = parse_dtype(config.dtype)
-        parts = load_ip2p_components(config.model, self.device, self.dtype)
+        if components is None:
+            parts = load_ip2p_components(config.model, self.device, self.dtype)
+        else:
+            parts = components
+            for net in (parts.unet, parts.vae, parts.text_encoder):
+                net.to(self.device, self.dtype).eval().requires_grad_(False)
         self.unet, self.vae = parts.unet, parts.vae
         self.text_encoder, self.tokenizer = parts.text_encoder, parts.tokenizer
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)

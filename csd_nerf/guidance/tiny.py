@@ -12,8 +12,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 TINY_MODEL_NAME = "tiny"
 TINY_NOTICE = (
     "the 'tiny' InstructPix2Pix has random weights: it exercises the pipeline but makes no meaningful edit; "
@@ -35,67 +33,24 @@ def tiny_ip2p_path() -> Path:
     return path
 
 
+def tiny_components(seed: int = 0):
+    """The miniature model's parts (random init): UNet, VAE, text encoder, tokenizer, scheduler."""
+    from csd_nerf.guidance.presets import build_components
+
+    return build_components("tiny", seed=seed)
+
+
 def build_tiny_ip2p(path: Path, seed: int = 0) -> Path:
     """Build the miniature IP2P and save it as a diffusers pipeline folder at ``path``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from csd_nerf.byte_tokenizer import byte_level_clip_tokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = byte_level_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=8,  # IP2P: noisy latent (4) + image-conditioning latent (4)
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-    # Four blocks keep SD's 8x spatial downsampling, so latents have the real shape relations.
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-    )
+    parts = tiny_components(seed)
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=parts.scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -1,0 +1,52 @@
+"""LPIPS (AlexNet) through torchmetrics, when its weights can be had; otherwise a reason instead of a crash.
+
+torchmetrics ships LPIPS's linear heads but fetches the AlexNet backbone from download.pytorch.org into
+``$TORCH_HOME/hub/checkpoints``; offline and uncached, LPIPS is simply reported as unavailable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["LpipsScorer", "load_lpips", "frames_to_unit_tensor"]
+
+LpipsScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def frames_to_unit_tensor(frames: np.ndarray) -> torch.Tensor:
+    """``[F, H, W, 3]`` uint8 frames as a ``[F, 3, H, W]`` float32 tensor in ``[0, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def load_lpips(device: torch.device, net_type: str = "alex", batch_size: int = 8) -> tuple[LpipsScorer | None, str | None]:
+    """An LPIPS scorer ``(a, b) -> [F]`` on ``[F, 3, H, W]`` images in ``[0, 1]``, or ``(None, reason)``."""
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    except ImportError as err:
+        return None, f"torchmetrics with LPIPS is not installed ({err}); pip install torchmetrics torchvision"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's deprecation chatter about `pretrained`
+            metric = LearnedPerceptualImagePatchSimilarity(net_type=net_type, reduction="none", normalize=True)
+        metric = metric.to(device).eval()
+    except Exception as err:  # offline: URLError; corrupt cache: RuntimeError; ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return None, (
+            f"LPIPS {net_type} weights unavailable ({type(err).__name__}: {first}); connect once to download them "
+            "into $TORCH_HOME/hub/checkpoints, or pass --no-lpips"
+        )
+
+    @torch.no_grad()
+    def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, a.shape[0], batch_size):
+            metric.reset()
+            metric.update(a[start : start + batch_size].to(device), b[start : start + batch_size].to(device))
+            out.append(metric.compute().reshape(-1).double().cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    return score, None

@@ -1,0 +1,118 @@
+"""A miniature, randomly initialised CLIP with the real transformers architecture, for offline tests.
+
+It is built once, saved with ``save_pretrained`` into a cache folder and always loaded back through
+``from_pretrained``, so tests exercise the same loading path as real checkpoints. Its scores mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "TINY_CLIP_NAME",
+    "TINY_CLIP_WARNING",
+    "tiny_clip_dir",
+    "byte_level_vocab",
+    "build_tiny_clip",
+    "ensure_tiny_clip",
+]
+
+TINY_CLIP_NAME = "tiny"
+TINY_CLIP_WARNING = "clip model 'tiny' is a randomly initialised miniature CLIP for offline smoke tests: every score it gives is meaningless"
+# Bump when the recipe below changes so stale caches are rebuilt instead of reused.
+_RECIPE = "tiny-clip-v1"
+_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+
+
+def tiny_clip_dir(cache_root: str | Path | None = None) -> Path:
+    """Where the miniature CLIP lives: ``<cache_root or $CSD_NERF_CACHE or ~/.cache/csd_nerf>/tiny-clip-v1``."""
+    root = cache_root or os.environ.get("CSD_NERF_CACHE") or Path.home() / ".cache" / "csd_nerf"
+    return Path(root).expanduser() / _RECIPE
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level mapping: printable bytes map to themselves, the rest to unused code points from 256 on.
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """A CLIP vocabulary without merges: the 256 byte-level characters, alone and with ``</w>``, and two specials."""
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + list(_SPECIAL)
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
+    """Build the miniature CLIP (model, tokenizer, image processor) and ``save_pretrained`` it into ``folder``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    eos = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            # pooling reads the first eos token; padding with it (CLIP's convention) keeps that the real end
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    # Seeded without disturbing the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def ensure_tiny_clip(cache_root: str | Path | None = None) -> Path:
+    """The miniature CLIP's folder, built on first use; safe when several processes race to build it."""
+    target = tiny_clip_dir(cache_root)
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target.parent))
+    try:
+        build_tiny_clip(staging)
+        try:
+            staging.rename(target)  # atomic: readers never see a half-written folder
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
