@@ -71,7 +71,9 @@ class IP2PGuidance:
         else:
             parts = components
             for net in (parts.unet, parts.vae, parts.text_encoder):
-                net.to(self.device, self.dtype).eval().requires_grad_(False)
+                net.to(self.device).eval().requires_grad_(False)
+                if net.dtype != self.dtype:
+                    net.to(self.dtype)
         self.unet, self.vae = parts.unet, parts.vae
         self.text_encoder, self.tokenizer = parts.text_encoder, parts.tokenizer
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)

@@ -1,0 +1,26 @@
+"""Test-wide settings: everything offline, generated models in a per-session cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# No test may reach the network: the Hub client then fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generated models (tiny IP2P, tiny CLIP) go to a per-session folder unless the caller chose one."""
+    if "CSD_NERF_CACHE" not in os.environ:
+        os.environ["CSD_NERF_CACHE"] = str(tmp_path_factory.mktemp("csd_nerf_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_guidance():
+    """The miniature IP2P, loaded once through the normal ``from_pretrained`` path."""
+    from csd_nerf.guidance import GuidanceConfig
+
+    return GuidanceConfig(model="tiny").setup()
