@@ -170,7 +170,9 @@ def _load_open_clip(name: str, device: torch.device, batch_size: int) -> ClipEmb
     return ClipEmbedder(name, "open_clip", device, False, encode_images, encode_texts, batch_size)
 
 
-def load_clip(name: str = DEFAULT_CLIP_MODEL, device: str | torch.device = "auto", batch_size: int = 16) -> ClipEmbedder:
+def load_clip(
+    name: str = DEFAULT_CLIP_MODEL, device: str | torch.device = "auto", batch_size: int = 16
+) -> ClipEmbedder:
     """Load a CLIP embedder by name (see the module docstring).
 
     Raises:

@@ -22,7 +22,9 @@ def frames_to_unit_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def load_lpips(device: torch.device, net_type: str = "alex", batch_size: int = 8) -> tuple[LpipsScorer | None, str | None]:
+def load_lpips(
+    device: torch.device, net_type: str = "alex", batch_size: int = 8
+) -> tuple[LpipsScorer | None, str | None]:
     """An LPIPS scorer ``(a, b) -> [F]`` on ``[F, 3, H, W]`` images in ``[0, 1]``, or ``(None, reason)``."""
     try:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity

@@ -1,0 +1,163 @@
+"""``csd-eval``: score an edited image sequence against its source and write a JSON and a PNG plot.
+
+Example:
+    csd-eval --source data/bear --edited outputs/bear_grizzly.mp4 \
+        --source-caption "a photo of a bear" --target-caption "a photo of a grizzly bear" --output eval/bear.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from csd_nerf.eval.clip import DEFAULT_CLIP_MODEL
+from csd_nerf.eval.errors import EvalError
+
+__all__ = ["build_parser", "default_output", "main", "entrypoint"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``csd-eval``."""
+    p = argparse.ArgumentParser(
+        prog="csd-eval",
+        description="CLIP directional similarity, CLIP consistency, PSNR and LPIPS of an edited sequence against its source.",
+    )
+    p.add_argument(
+        "--source", required=True, help="source frames: a folder of images, a video (mp4, gif, ...) or one image"
+    )
+    p.add_argument("--edited", required=True, help="edited frames, same count and size as --source")
+    p.add_argument("--source-caption", required=True, help="caption of the source, e.g. 'a photo of a bear'")
+    p.add_argument(
+        "--target-caption", required=True, help="caption of the intended result, e.g. 'a photo of a grizzly bear'"
+    )
+    p.add_argument(
+        "--clip-model",
+        default=DEFAULT_CLIP_MODEL,
+        help="hub id or local folder (transformers CLIPModel), open_clip:ARCH[:PRETRAINED], or 'tiny' (random, "
+        f"offline smoke test, meaningless scores); default {DEFAULT_CLIP_MODEL}",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N; default auto")
+    p.add_argument(
+        "--output", default=None, help="JSON path; the plot goes next to it as .png (default: <edited>_eval.json)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="frames per CLIP forward pass (default 16)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as unavailable)")
+    p.add_argument(
+        "--resize-edited", action="store_true", help="resample edited frames to the source size instead of failing"
+    )
+    p.add_argument("--quiet", action="store_true", help="print only errors and warnings")
+    return p
+
+
+def default_output(edited: str | Path) -> Path:
+    """``<edited without suffix>_eval.json`` beside ``edited`` (never inside a frame folder, whose images are inputs)."""
+    e = Path(edited).expanduser()
+    name = e.name if e.is_dir() else e.stem
+    return e.parent / f"{name or 'edited'}_eval.json"
+
+
+def _quiet_libraries() -> None:
+    # Hub retries and weight-loading bars would bury the one line we promise on failure. The libraries reset
+    # their root loggers when imported, so import them before setting the level.
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hub_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from csd_nerf.eval.clip import load_clip, resolve_device
+    from csd_nerf.eval.errors import EvalInputError
+    from csd_nerf.eval.evaluate import check_captions, evaluate
+    from csd_nerf.eval.frames import check_pair, load_frames, resize_frames
+    from csd_nerf.eval.lpips import load_lpips
+    from csd_nerf.eval.report import plot_path_for, plot_per_frame, result_to_dict, write_json
+
+    out = Console(quiet=args.quiet)
+    err = Console(stderr=True)
+    if args.batch_size < 1:
+        raise EvalInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    # Cheap checks first: a typo should not cost a model load.
+    check_captions(args.source_caption, args.target_caption)
+    device = resolve_device(args.device)
+    source = load_frames(args.source, "--source")
+    edited = load_frames(args.edited, "--edited")
+    if args.resize_edited and source.shape[0] == edited.shape[0]:
+        edited = resize_frames(edited, source.shape[1], source.shape[2])
+    check_pair(source, edited)
+    output = Path(args.output).expanduser() if args.output else default_output(args.edited)
+    if output.suffix.lower() != ".json":
+        raise EvalInputError(f"--output must end in .json (the plot is written next to it as .png), got {output}")
+
+    _quiet_libraries()
+    with out.status(f"loading CLIP {args.clip_model} on {device}"):
+        clip = load_clip(args.clip_model, device, batch_size=args.batch_size)
+    if clip.warning:
+        err.print(f"[yellow]warning:[/] {clip.warning}", soft_wrap=True)
+    if args.no_lpips:
+        lpips, lpips_reason = None, "disabled with --no-lpips"
+    else:
+        with out.status("loading LPIPS"):
+            lpips, lpips_reason = load_lpips(device)
+
+    with Progress(console=out, transient=True) as bar:
+        task = bar.add_task("CLIP embedding", total=2 * source.shape[0])
+        result = evaluate(
+            source, edited, args.source_caption, args.target_caption, clip, lpips, lpips_reason,
+            progress=lambda k: bar.advance(task, k),
+        )  # fmt: skip
+
+    inputs = {
+        "source": str(args.source),
+        "edited": str(args.edited),
+        "resized_edited": bool(args.resize_edited),
+        "device": str(device),
+    }
+    json_path = write_json(result_to_dict(result, inputs), output)
+    png_path = plot_per_frame(result, plot_path_for(output))
+
+    table = Table(title=f"csd-eval ({result.num_frames} frames, CLIP {clip.name})")
+    for col in ("metric", "pairing", "mean", "std", "undefined"):
+        table.add_column(col)
+    for key, m in result.metrics.items():
+        if m.summary is None:
+            table.add_row(key, m.pairing, "unavailable", "", "")  # the reason is in the warnings below
+            continue
+        s = m.summary
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(key, m.pairing, fmt(s.mean), fmt(s.std), str(s.undefined))
+    out.print(table)
+    for w in result.warnings:
+        if w != clip.warning:
+            err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    out.print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``csd-eval``; returns the exit status (2 for a user error, reported on one stderr line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except EvalError as err:
+        print(f"csd-eval: error: {err}", file=sys.stderr)
+        return 2
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()
