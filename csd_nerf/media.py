@@ -1,0 +1,205 @@
+"""Reading and writing the 2D applications' media: images, video files (PyAV) and folders of frames.
+
+Everything here works on ``uint8`` arrays ``[H, W, 3]`` (one image) or ``[T, H, W, 3]`` (frames), RGB.
+Errors a user can cause (missing, unreadable or inconsistent input) raise :class:`MediaError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+VideoKind = Literal["file", "gif", "frames"]
+
+
+class MediaError(ValueError):
+    """An input or output file problem the user can fix; the message is one line."""
+
+
+def _check_exists(path: Path, what: str) -> None:
+    if not path.exists():
+        raise MediaError(f"{what} {path} does not exist")
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    # Alpha is dropped against black, as PIL does; palettes and greyscale become RGB.
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file (PNG or JPEG) as ``uint8 [H, W, 3]``."""
+    path = Path(path)
+    _check_exists(path, "input image")
+    if path.is_dir():
+        raise MediaError(f"input image {path} is a folder: pass a PNG or JPEG file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot read image {path}: {_one_line(exc)}") from None
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write ``uint8 [H, W, 3]`` as PNG or JPEG (chosen by the suffix)."""
+    path = Path(path)
+    kwargs = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    Image.fromarray(image).save(path, **kwargs)
+
+
+@dataclass
+class Video:
+    """Frames of a video and how to write them back the way they came."""
+
+    frames: np.ndarray
+    """``uint8 [T, H, W, 3]``."""
+    fps: Fraction
+    kind: VideoKind
+    frame_names: list[str] = field(default_factory=list)
+    """For a folder of frames: the file names, in order."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)``."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def read_video(path: str | Path, folder_fps: float = 10.0) -> Video:
+    """A video file (MP4, GIF, ...) or a folder of equally sized frames (sorted by name, numbers numerically)."""
+    path = Path(path)
+    _check_exists(path, "input video")
+    if path.is_dir():
+        return _read_frame_folder(path, folder_fps)
+    return _read_video_file(path)
+
+
+def _read_frame_folder(folder: Path, fps: float) -> Video:
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name)
+    )
+    if not files:
+        raise MediaError(f"input folder {folder} holds no frames: expected PNG or JPEG files")
+    frames = [read_image(p) for p in files]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise MediaError(f"frames in {folder} differ in size ({len(shapes)} sizes): all frames must have one size")
+    if not (np.isfinite(fps) and fps > 0):
+        raise MediaError(f"fps = {fps}: use a positive frame rate")
+    return Video(np.stack(frames), Fraction(fps).limit_denominator(1001), "frames", [p.name for p in files])
+
+
+def _read_video_file(path: Path) -> Video:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot read video {path}: {_one_line(exc)}") from None
+    if not frames:
+        raise MediaError(f"video {path} has no frames")
+    fps = Fraction(rate) if rate else Fraction(10)
+    kind: VideoKind = "gif" if path.suffix.lower() == ".gif" else "file"
+    return Video(np.stack(frames), fps, kind)
+
+
+def write_video(path: str | Path, video: Video) -> Path:
+    """Write frames the way ``video.kind`` says: H.264 MP4, GIF, or a folder of PNG frames. Returns the path."""
+    path = Path(path)
+    if video.kind == "frames":
+        path.mkdir(parents=True, exist_ok=False)
+        names = video.frame_names or [f"{i:05d}.png" for i in range(len(video.frames))]
+        for name, frame in zip(names, video.frames, strict=True):
+            write_image(path / (Path(name).stem + ".png"), frame)
+    elif video.kind == "gif":
+        import imageio.v3 as iio
+
+        # GIF stores durations in 10 ms units: fps that do not divide 100 come back slightly off.
+        iio.imwrite(path, video.frames, extension=".gif", duration=1000.0 / float(video.fps), loop=0)
+    else:
+        _write_mp4(path, video.frames, video.fps)
+    return path
+
+
+def _write_mp4(path: Path, frames: np.ndarray, fps: Fraction) -> None:
+    import av
+
+    height, width = frames.shape[1:3]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = width, height
+        # yuv420p plays everywhere but needs even sides; odd sizes keep full chroma instead of being cropped.
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.options = {"crf": "16"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """LANCZOS-resize ``uint8 [H, W, 3]`` to ``size = (width, height)``; a no-op when the size already matches."""
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``uint8 [..., H, W, 3]`` -> float ``[B, 3, H, W]`` in ``[0, 1]``."""
+    array = images if images.ndim == 4 else images[None]
+    return (
+        torch.from_numpy(np.array(array, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
+    )  # copy: PIL arrays are read-only
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float ``[B, 3, H, W]`` in ``[0, 1]`` -> ``uint8 [B, H, W, 3]``."""
+    array = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return array.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def comparison_image(source: np.ndarray, edited: np.ndarray, gap: int = 8) -> np.ndarray:
+    """Source and edit next to each other with a white gap: stacked for wide images, side by side otherwise."""
+    if source.shape != edited.shape:
+        raise ValueError(f"source {source.shape} and edit {edited.shape} differ in size")
+    wide = source.shape[1] > source.shape[0]
+    axis = 0 if wide else 1
+    spacer_shape = list(source.shape)
+    spacer_shape[axis] = gap
+    return np.concatenate([source, np.full(spacer_shape, 255, np.uint8), edited], axis=axis)
+
+
+def frame_grid(frames: np.ndarray, count: int = 8, gap: int = 4) -> np.ndarray:
+    """Up to ``count`` evenly spaced frames in one row, for comparisons and intermediate results."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    height = frames.shape[1]
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    tiles: list[np.ndarray] = []
+    for index in picks:
+        tiles += [frames[index], spacer]
+    return np.concatenate(tiles[:-1], axis=1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

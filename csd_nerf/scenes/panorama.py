@@ -1,0 +1,106 @@
+"""A panorama as a particle scene: one latent canvas, particles are square windows on a grid (DESIGN §2).
+
+``latents(ids)`` slices the drawn windows out of the one canvas parameter, so ``latents.backward(gradient=g)``
+sums the windows' gradients into the canvas; a gradient hook divides that sum by the count map of the drawn
+windows, so an overlap is averaged (not counted twice) and a latent pixel no drawn window covers gets zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+LATENT_SCALE = 8
+"""Image pixels per latent pixel of the Stable Diffusion VAE."""
+
+
+def window_offsets(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows along one side: every ``stride``, plus one flush with the end if needed.
+
+    The extra last window means every position is covered by at least one window for any length >= window.
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
+    if length < window:
+        raise ValueError(f"side of {length} is smaller than one window of {window}")
+    offsets = list(range(0, length - window + 1, stride))
+    if offsets[-1] != length - window:
+        offsets.append(length - window)
+    return offsets
+
+
+def window_grid(height: int, width: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of every window over a ``height x width`` canvas, row-major."""
+    return [
+        (top, left) for top in window_offsets(height, window, stride) for left in window_offsets(width, window, stride)
+    ]
+
+
+def count_map(
+    windows: Sequence[tuple[int, int]], height: int, width: int, window: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """How many of ``windows`` cover each canvas position, ``[height, width]`` float32."""
+    counts = torch.zeros(height, width, device=device)
+    for top, left in windows:
+        counts[top : top + window, left : left + window] += 1
+    return counts
+
+
+def inverse_counts(counts: torch.Tensor) -> torch.Tensor:
+    """``1 / count`` where covered, 0 where not."""
+    return torch.where(counts > 0, counts.clamp(min=1).reciprocal(), torch.zeros_like(counts))
+
+
+class PanoramaScene:
+    """Particles are the ``window x window`` latent windows of one canvas ``[1, 4, H, W]``.
+
+    Args:
+        source_latents: the whole image's source latents ``[1, 4, H, W]``.
+        conditioning: its IP2P image conditioning, same shape.
+        window: window side in latent pixels (64 = 512 image pixels, IP2P's training size).
+        stride: window stride in latent pixels (the reference's 16).
+    """
+
+    def __init__(self, source_latents: torch.Tensor, conditioning: torch.Tensor, window: int = 64, stride: int = 16):
+        if source_latents.ndim != 4 or source_latents.shape[0] != 1:
+            raise ValueError(f"panorama latents must be [1, C, H, W], got {tuple(source_latents.shape)}")
+        if source_latents.shape != conditioning.shape:
+            raise ValueError("source latents and image conditioning must have the same shape")
+        height, width = source_latents.shape[-2:]
+        if min(height, width) < window:
+            raise ValueError(
+                f"the image is {width * LATENT_SCALE}x{height * LATENT_SCALE} px, smaller than one window of "
+                f"{window * LATENT_SCALE}x{window * LATENT_SCALE} px: use a larger image or a smaller window"
+            )
+        self.source_latents = source_latents.detach().float()
+        self.conditioning = conditioning.detach().float()
+        self.canvas = torch.nn.Parameter(self.source_latents.clone())
+        self.window, self.stride = window, stride
+        self.height, self.width = height, width
+        self.windows = window_grid(height, width, window, stride)
+        self.num_particles = len(self.windows)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.canvas]
+
+    def _slices(self, canvas: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+        w = self.window
+        crops = [canvas[0, :, top : top + w, left : left + w] for top, left in (self.windows[int(i)] for i in ids)]
+        return torch.stack(crops)
+
+    def sources(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source latents and conditioning of the windows: slices of the whole image's cached encoding."""
+        return self._slices(self.source_latents, ids), self._slices(self.conditioning, ids)
+
+    def count_map(self, ids: Sequence[int]) -> torch.Tensor:
+        """How many of the windows ``ids`` cover each canvas latent pixel, ``[H, W]``."""
+        return count_map([self.windows[int(i)] for i in ids], self.height, self.width, self.window, self.canvas.device)
+
+    def latents(self, ids: Sequence[int]) -> torch.Tensor:
+        """The windows' current latents ``[n, 4, window, window]``; their backward averages overlaps on the canvas."""
+        inverse = inverse_counts(self.count_map(ids))
+        canvas = self.canvas.clone()
+        # Autograd sums every window's gradient into ``canvas`` before this hook runs: divide the sum by the count.
+        canvas.register_hook(lambda grad: grad * inverse)
+        return self._slices(canvas, ids)
