@@ -11,20 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = [
-    "TINY_CLIP_NAME",
-    "TINY_CLIP_WARNING",
-    "tiny_clip_dir",
-    "byte_level_vocab",
-    "build_tiny_clip",
-    "ensure_tiny_clip",
-]
+__all__ = ["TINY_CLIP_NAME", "TINY_CLIP_WARNING", "tiny_clip_dir", "build_tiny_clip", "ensure_tiny_clip"]
 
 TINY_CLIP_NAME = "tiny"
 TINY_CLIP_WARNING = "clip model 'tiny' is a randomly initialised miniature CLIP for offline smoke tests: every score it gives is meaningless"
 # Bump when the recipe below changes so stale caches are rebuilt instead of reused.
 _RECIPE = "tiny-clip-v1"
-_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
 def tiny_clip_dir(cache_root: str | Path | None = None) -> Path:
@@ -33,35 +25,16 @@ def tiny_clip_dir(cache_root: str | Path | None = None) -> Path:
     return Path(root).expanduser() / _RECIPE
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level mapping: printable bytes map to themselves, the rest to unused code points from 256 on.
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def byte_level_vocab() -> dict[str, int]:
-    """A CLIP vocabulary without merges: the 256 byte-level characters, alone and with ``</w>``, and two specials."""
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + list(_SPECIAL)
-    return {tok: i for i, tok in enumerate(tokens)}
-
-
 def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     """Build the miniature CLIP (model, tokenizer, image processor) and ``save_pretrained`` it into ``folder``."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    vocab = byte_level_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    from csd_nerf.byte_tokenizer import byte_level_clip_tokenizer
+
+    # CLIP's BPE files are not available offline: byte-level characters with no merges, same tokenizer class.
+    tokenizer = byte_level_clip_tokenizer()
+    vocab = tokenizer.get_vocab()
     eos = vocab["<|endoftext|>"]
     config = CLIPConfig(
         text_config={

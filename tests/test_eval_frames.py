@@ -1,0 +1,88 @@
+"""Reading source/edited sequences: folders, videos, single images, and the one-line input errors."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from csd_nerf.eval.errors import EvalInputError
+from csd_nerf.eval.frames import check_pair, load_frames, resize_frames
+
+
+def _frames(n: int = 4, h: int = 24, w: int = 32) -> np.ndarray:
+    # Flat colours survive lossy video codecs well enough to check frame order.
+    out = np.zeros((n, h, w, 3), np.uint8)
+    for k in range(n):
+        out[k] = (40 * k + 20, 200 - 30 * k, 90)
+    return out
+
+
+def test_folder_is_read_in_natural_order_and_ignores_other_files(tmp_path):
+    frames = _frames(12)
+    for k, f in enumerate(frames):
+        iio.imwrite(tmp_path / f"frame_{k}.png", f)  # frame_10 must come after frame_9, not after frame_1
+    (tmp_path / "notes.txt").write_text("not a frame")
+    got = load_frames(tmp_path)
+    assert got.shape == (12, 24, 32, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, frames)
+
+
+def test_gif_mp4_and_single_image(tmp_path):
+    frames = _frames(5)
+    iio.imwrite(tmp_path / "clip.gif", frames)
+    iio.imwrite(tmp_path / "clip.mp4", frames, fps=5)
+    iio.imwrite(tmp_path / "one.png", frames[2])
+    gif = load_frames(tmp_path / "clip.gif")
+    assert gif.shape == (5, 24, 32, 3)
+    assert np.abs(gif.astype(int) - frames).max() <= 8  # gif palette quantisation
+    mp4 = load_frames(tmp_path / "clip.mp4")
+    assert mp4.shape[0] == 5 and mp4.shape[-1] == 3
+    assert np.abs(mp4.astype(float).mean(axis=(1, 2)) - frames.astype(float).mean(axis=(1, 2))).max() < 12
+    np.testing.assert_array_equal(load_frames(tmp_path / "one.png"), frames[2:3])
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path):
+    gray = np.arange(24 * 32, dtype=np.uint8).reshape(24, 32)
+    rgba = np.dstack([_frames(1)[0], np.full((24, 32), 7, np.uint8)])
+    iio.imwrite(tmp_path / "a_gray.png", gray)
+    iio.imwrite(tmp_path / "b_rgba.png", rgba)
+    got = load_frames(tmp_path)
+    assert got.shape == (2, 24, 32, 3)
+    np.testing.assert_array_equal(got[0], np.repeat(gray[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(got[1], rgba[..., :3])
+
+
+def test_missing_empty_unsupported_and_mixed_sizes(tmp_path):
+    with pytest.raises(EvalInputError, match="--edited: path does not exist"):
+        load_frames(tmp_path / "nope", "--edited")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EvalInputError, match="no image files"):
+        load_frames(empty)
+    (tmp_path / "x.npz").write_bytes(b"")
+    with pytest.raises(EvalInputError, match="unsupported file type"):
+        load_frames(tmp_path / "x.npz")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    iio.imwrite(mixed / "0.png", _frames(1)[0])
+    iio.imwrite(mixed / "1.png", _frames(1, 16, 16)[0])
+    with pytest.raises(EvalInputError, match="all frames must share one size") as err:
+        load_frames(mixed)
+    assert "\n" not in str(err.value)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(EvalInputError, match="cannot read image"):
+        load_frames(tmp_path / "broken.png")
+
+
+def test_check_pair_and_resize():
+    a = _frames(4)
+    check_pair(a, a.copy())
+    with pytest.raises(EvalInputError, match="4 frame.* but --edited has 3"):
+        check_pair(a, a[:3])
+    big = _frames(4, 48, 64)
+    with pytest.raises(EvalInputError, match="32x24 but --edited frames are 64x48.*--resize-edited"):
+        check_pair(a, big)
+    resized = resize_frames(big, 24, 32)
+    check_pair(a, resized)
+    np.testing.assert_allclose(resized.astype(float), a.astype(float), atol=2)  # flat colours resize to themselves
