@@ -58,25 +58,12 @@ def default_output(edited: str | Path) -> Path:
     return e.parent / f"{name or 'edited'}_eval.json"
 
 
-def _quiet_libraries() -> None:
-    # Hub retries and weight-loading bars would bury the one line we promise on failure. The libraries reset
-    # their root loggers when imported, so import them before setting the level.
-    try:
-        from huggingface_hub.utils import logging as hub_logging
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hub_logging.set_verbosity_error()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
-    from csd_nerf.eval.clip import load_clip, resolve_device
+    from csd_nerf.eval.clip import load_clip, quiet_hub_logging, resolve_device
     from csd_nerf.eval.errors import EvalInputError
     from csd_nerf.eval.evaluate import check_captions, evaluate
     from csd_nerf.eval.frames import check_pair, load_frames, resize_frames
@@ -99,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     if output.suffix.lower() != ".json":
         raise EvalInputError(f"--output must end in .json (the plot is written next to it as .png), got {output}")
 
-    _quiet_libraries()
+    quiet_hub_logging()
     with out.status(f"loading CLIP {args.clip_model} on {device}"):
         clip = load_clip(args.clip_model, device, batch_size=args.batch_size)
     if clip.warning:

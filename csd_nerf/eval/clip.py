@@ -19,7 +19,7 @@ import torch
 from csd_nerf.eval.errors import ClipLoadError, EvalInputError
 from csd_nerf.eval.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, ensure_tiny_clip
 
-__all__ = ["DEFAULT_CLIP_MODEL", "OPEN_CLIP_PREFIX", "ClipEmbedder", "load_clip", "resolve_device"]
+__all__ = ["DEFAULT_CLIP_MODEL", "OPEN_CLIP_PREFIX", "ClipEmbedder", "load_clip", "quiet_hub_logging", "resolve_device"]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -38,6 +38,19 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EvalInputError(f"--device {device} asked for CUDA but torch sees no GPU. Use --device cpu or auto")
     return dev
+
+
+def quiet_hub_logging() -> None:
+    """Silence Hub retry warnings and weight-loading bars (for command lines that promise one-line errors)."""
+    # The libraries reset their root loggers when first imported, so import them before setting the level.
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hub_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _features(out: Any) -> torch.Tensor:
