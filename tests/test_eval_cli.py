@@ -234,3 +234,22 @@ def test_unloadable_model_prints_one_line_without_traceback(pair, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("csd-eval: error: cannot load CLIP model") and "Fix:" in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_lpips_scorer_with_a_random_backbone(monkeypatch):
+    # Real torchmetrics LPIPS code with a randomly initialised AlexNet (no download): checks our batching and shapes.
+    import torchmetrics.functional.image.lpips as tm_functional
+
+    original = tm_functional._get_tv_model_features
+    monkeypatch.setattr(tm_functional, "_get_tv_model_features", lambda net, pretrained=False: original(net, False))
+    scorer, reason = lpips_mod.load_lpips(torch.device("cpu"), batch_size=2)
+    assert reason is None and scorer is not None
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 3, 64, 64, generator=gen), torch.rand(5, 3, 64, 64, generator=gen)
+    same = scorer(a, a)
+    assert same.shape == (5,) and torch.allclose(same, torch.zeros(5, dtype=torch.float64), atol=1e-6)
+    diff = scorer(a, b)
+    assert diff.shape == (5,) and (diff > 0).all()
+    one_by_one = torch.cat([scorer(a[i : i + 1], b[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(diff, one_by_one, atol=1e-6, rtol=1e-5)  # batch splits must not mix frames
+    assert scorer(a[:0], b[:0]).numel() == 0  # one frame has no consecutive pairs
