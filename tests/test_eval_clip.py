@@ -62,6 +62,13 @@ def test_missing_folder_gives_one_line_with_a_fix(tmp_path):
     assert "\n" not in msg and "folder not found" in msg and "Fix:" in msg and "tiny" in msg
 
 
+def test_missing_folder_with_a_trailing_slash_is_a_folder_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("models/", "a/b/c"):
+        with pytest.raises(ClipLoadError, match="folder not found"):
+            load_clip(name, "cpu")
+
+
 def test_unreachable_hub_id_gives_one_line_with_a_fix():
     # conftest sets HF_HUB_OFFLINE=1, so this fails at once instead of retrying against the network
     with pytest.raises(ClipLoadError) as err:

@@ -11,11 +11,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from csd_nerf.eval.clip import DEFAULT_CLIP_MODEL
 from csd_nerf.eval.errors import EvalError
 
-__all__ = ["build_parser", "default_output", "main", "entrypoint"]
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from csd_nerf.eval.evaluate import EvalResult
+
+__all__ = ["build_parser", "default_output", "summary_table", "main", "entrypoint"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,10 +64,28 @@ def default_output(edited: str | Path) -> Path:
     return e.parent / f"{name or 'edited'}_eval.json"
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary_table(result: EvalResult) -> Table:
+    """A rich table of each metric's mean, std and count of undefined values."""
+    from rich.table import Table
+
+    table = Table(title=f"csd-eval ({result.num_frames} frames, CLIP {result.model['name']})")
+    for col in ("metric", "pairing", "mean", "std", "undefined"):
+        table.add_column(col)
+    for key, m in result.metrics.items():
+        if m.summary is None:
+            table.add_row(key, m.pairing, "unavailable", "", "")  # the reason is among the warnings
+        else:
+            table.add_row(key, m.pairing, _fmt(m.summary.mean), _fmt(m.summary.std), str(m.summary.undefined))
+    return table
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
 
     from csd_nerf.eval.clip import load_clip, quiet_hub_logging, resolve_device
     from csd_nerf.eval.errors import EvalInputError
@@ -113,20 +137,12 @@ def _run(args: argparse.Namespace) -> int:
     json_path = write_json(result_to_dict(result, inputs), output)
     png_path = plot_per_frame(result, plot_path_for(output))
 
-    table = Table(title=f"csd-eval ({result.num_frames} frames, CLIP {clip.name})")
-    for col in ("metric", "pairing", "mean", "std", "undefined"):
-        table.add_column(col)
-    for key, m in result.metrics.items():
-        if m.summary is None:
-            table.add_row(key, m.pairing, "unavailable", "", "")  # the reason is in the warnings below
-            continue
-        s = m.summary
-        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        table.add_row(key, m.pairing, fmt(s.mean), fmt(s.std), str(s.undefined))
-    out.print(table)
+    out.print(summary_table(result))
     for w in result.warnings:
         if w != clip.warning:
             err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    if not args.no_lpips and not result.metrics["lpips"].available:
+        err.print(f"[yellow]warning:[/] LPIPS unavailable: {result.metrics['lpips'].reason}", soft_wrap=True)
     out.print(f"wrote {json_path} and {png_path}")
     return 0
 

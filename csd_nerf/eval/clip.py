@@ -106,7 +106,14 @@ class ClipEmbedder:
 
 
 def _is_path_like(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or "\\" in name or Path(name).expanduser().exists()
+    # Hub ids are "name" or "owner/name"; anything else that looks like a path is treated as a folder.
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith("/")
+        or "\\" in name
+        or name.count("/") > 1
+        or Path(name).expanduser().exists()
+    )
 
 
 def _load_transformers(name: str, device: torch.device, meaningless: bool, batch_size: int) -> ClipEmbedder:

@@ -165,8 +165,6 @@ def evaluate(
         except Exception as err:  # e.g. frames too small for AlexNet's pooling
             lpips_reason = f"LPIPS failed on these frames ({type(err).__name__}: {str(err).strip().splitlines()[0]})"
     timings["lpips"] = time.perf_counter() - t0
-    if lpips_vals[0] is None:
-        warnings.append(f"LPIPS unavailable: {lpips_reason}")
     out["lpips"] = _result("lpips", lpips_vals[0], None if lpips_vals[0] is not None else lpips_reason)
     out["lpips_consecutive"] = _result(
         "lpips_consecutive", lpips_vals[1], None if lpips_vals[1] is not None else lpips_reason

@@ -6,6 +6,8 @@ torchmetrics ships LPIPS's linear heads but fetches the AlexNet backbone from do
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Callable
 
@@ -31,7 +33,9 @@ def load_lpips(
     except ImportError as err:
         return None, f"torchmetrics with LPIPS is not installed ({err}); pip install torchmetrics torchvision"
     try:
-        with warnings.catch_warnings():
+        # torch.hub prints "Downloading: ..." even when offline; the caller reports the outcome instead.
+        sink = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")  # torchvision's deprecation chatter about `pretrained`
             metric = LearnedPerceptualImagePatchSimilarity(net_type=net_type, reduction="none", normalize=True)
         metric = metric.to(device).eval()
