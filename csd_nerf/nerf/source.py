@@ -1,0 +1,230 @@
+"""The source run being edited: its checkpoint, its config.yml, and loading its weights into our model.
+
+Only the model weights are taken from the checkpoint (no optimiser, scheduler or step). The source run's
+model hyper-parameters and dataparser come from the ``config.yml`` beside ``nerfstudio_models/`` so users do
+not repeat them; flags given on the command line still win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from csd_nerf.nerf.compat import CheckpointError, load_checkpoint
+from csd_nerf.nerf.errors import CSDEditError
+
+__all__ = [
+    "SourceError",
+    "SourceRun",
+    "find_source",
+    "cli_overrides",
+    "inherit_source_config",
+    "model_state_from_checkpoint",
+    "load_model_weights",
+]
+
+# Never inherited: runtime settings of this run, and our own fields.
+_NOT_INHERITED = {"_target", "eval_num_rays_per_chunk", "prompt", "optimize_cameras", "settled_proposals"}
+
+
+class SourceError(CSDEditError):
+    """The source run cannot be used; the message is one line naming the fix."""
+
+
+@dataclass
+class SourceRun:
+    """Where the scene to edit lives."""
+
+    checkpoint: Path
+    config_path: Path | None
+    config: Any | None
+    """The source run's TrainerConfig, when its config.yml was found and readable."""
+
+
+def _latest_step(load_dir: Path) -> int:
+    steps = []
+    for name in os.listdir(load_dir):
+        if name.startswith("step-") and name.endswith(".ckpt"):
+            try:
+                steps.append(int(name[len("step-") : -len(".ckpt")]))
+            except ValueError:
+                continue
+    if not steps:
+        raise SourceError(
+            f"no checkpoint (step-*.ckpt) in {load_dir}: pass the nerfstudio_models folder of a finished run"
+        )
+    return max(steps)
+
+
+def find_source(load_dir: Path | None, load_step: int | None, load_checkpoint_path: Path | None) -> SourceRun:
+    """Locate the checkpoint and the config.yml of the source run from ``--load-dir``/``--load-checkpoint``."""
+    if load_dir is not None:
+        load_dir = Path(load_dir)
+        if not load_dir.is_dir():
+            raise SourceError(
+                f"--load-dir {load_dir} is not a folder: pass outputs/<scene>/nerfacto/<run>/nerfstudio_models"
+            )
+        step = _latest_step(load_dir) if load_step is None else load_step
+        checkpoint = load_dir / f"step-{step:09d}.ckpt"
+        if not checkpoint.is_file():
+            raise SourceError(f"checkpoint {checkpoint} does not exist: drop --load-step or pick an existing step")
+    elif load_checkpoint_path is not None:
+        checkpoint = Path(load_checkpoint_path)
+        if not checkpoint.is_file():
+            raise SourceError(f"--load-checkpoint {checkpoint} does not exist: pass an existing step-*.ckpt file")
+    else:
+        raise SourceError(
+            "csd-edit edits a trained scene: pass --load-dir outputs/<scene>/nerfacto/<run>/nerfstudio_models"
+        )
+    config_path = checkpoint.parent.parent / "config.yml"
+    config = None
+    if config_path.is_file():
+        try:
+            config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+        except Exception as exc:  # a config of a method whose plugin is not installed, or a damaged file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceError(
+                f"cannot read the source run's {config_path} ({reason[:160]}): install the method it was trained "
+                f"with, or move the file away and give the model flags yourself"
+            ) from None
+    return SourceRun(checkpoint=checkpoint, config_path=config_path if config else None, config=config)
+
+
+def cli_overrides(argv: Sequence[str] | None = None) -> set[str]:
+    """Dotted config paths given explicitly on the command line, e.g. ``{"pipeline.model.hidden_dim"}``.
+
+    tyro cannot tell a default from an explicit value equal to it, so the command line itself is the record.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    names = set()
+    for token in argv:
+        if token.startswith("--"):
+            names.add(token[2:].split("=", 1)[0].replace("-", "_"))
+    return names
+
+
+def _dataparser_named_on_cli(argv: Sequence[str]) -> bool:
+    try:
+        from nerfstudio.configs.dataparser_configs import all_dataparsers
+    except Exception:  # pragma: no cover - nerfstudio always has it
+        return False
+    return any(token in all_dataparsers for token in argv)
+
+
+def inherit_source_config(config: Any, source: SourceRun, argv: Sequence[str] | None = None) -> list[str]:
+    """Copy the source run's model hyper-parameters and dataparser into ``config`` (in place).
+
+    A field is not copied when it was given on the command line. The dataparser (with its options) is copied
+    unless a dataparser subcommand was named; the data path is the user's ``--data`` or else the source's.
+
+    Returns the names of the model fields whose value changed.
+    """
+    from nerfstudio.models.nerfacto import NerfactoModelConfig
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if source.config is None:
+        return []
+    src_model = getattr(getattr(source.config, "pipeline", None), "model", None)
+    if not isinstance(src_model, NerfactoModelConfig):
+        method = getattr(source.config, "method_name", "?")
+        raise SourceError(
+            f"the source run is {method!r} ({type(src_model).__name__}); csd-edit edits nerfacto runs: "
+            f"train the scene with ns-train nerfacto first"
+        )
+    given = cli_overrides(argv)
+    model = config.pipeline.model
+    changed = []
+    for f in dataclasses.fields(model):
+        if f.name in _NOT_INHERITED or f"pipeline.model.{f.name}" in given or not hasattr(src_model, f.name):
+            continue
+        value = getattr(src_model, f.name)
+        if f.name == "camera_optimizer":
+            # Keep the source's pose corrections (same mode, so they load); whether they train is ours.
+            if value.mode != model.camera_optimizer.mode and "pipeline.model.camera_optimizer.mode" not in given:
+                model.camera_optimizer.mode = value.mode
+                changed.append("camera_optimizer.mode")
+            continue
+        if getattr(model, f.name) != value:
+            setattr(model, f.name, value)
+            changed.append(f.name)
+
+    datamanager = config.pipeline.datamanager
+    src_datamanager = source.config.pipeline.datamanager
+    user_data = datamanager.data
+    if not _dataparser_named_on_cli(argv) and hasattr(src_datamanager, "dataparser"):
+        datamanager.dataparser = src_datamanager.dataparser
+    if user_data is None:
+        datamanager.data = src_datamanager.data if src_datamanager.data is not None else datamanager.dataparser.data
+    return changed
+
+
+def model_state_from_checkpoint(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's own weights from a checkpoint's pipeline state (no ``_model.`` prefix, no LPIPS network)."""
+    model_state = {}
+    for key, value in state["pipeline"].items():
+        key = key[len("module.") :] if key.startswith("module.") else key
+        if not key.startswith("_model."):
+            continue
+        key = key[len("_model.") :]
+        if key.startswith("lpips."):  # stock nerfacto saves its LPIPS AlexNet; we never build it
+            continue
+        model_state[key] = value
+    return model_state
+
+
+def _uses_tcnn(keys: Sequence[str]) -> bool:
+    return any(key.endswith(".params") and ("mlp" in key or "encoding" in key) for key in keys)
+
+
+def _mismatch_message(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], checkpoint: Path) -> str | None:
+    """One line saying how the checkpoint differs from the model, or None when they match."""
+    missing = [k for k in own if k not in loaded]
+    unexpected = [k for k in loaded if k not in own]
+    shapes = [k for k in own if k in loaded and tuple(own[k].shape) != tuple(loaded[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    if _uses_tcnn(loaded) != _uses_tcnn(own):
+        ckpt_impl = "tcnn" if _uses_tcnn(loaded) else "torch"
+        return (
+            f"{checkpoint} was trained with the {ckpt_impl} implementation and this run builds the "
+            f"{'torch' if ckpt_impl == 'tcnn' else 'tcnn'} one: pass --pipeline.model.implementation {ckpt_impl}"
+            + (" on a CUDA machine with tiny-cuda-nn" if ckpt_impl == "tcnn" else "")
+        )
+    parts = []
+    for key in shapes[:3]:
+        parts.append(f"{key} is {list(loaded[key].shape)} in the checkpoint but {list(own[key].shape)} here")
+    if missing:
+        parts.append(f"{len(missing)} weights missing from the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
+    hint = "use the source run's --data and dataparser options and drop --pipeline.model.* flags that differ from it"
+    if any("embedding_appearance" in k or "pose_adjustment" in k for k in shapes):
+        hint = "the number of training images differs: use the same --data and dataparser options as the source run"
+    return f"checkpoint {checkpoint} does not fit this model: {'; '.join(parts)}: {hint}"
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> int:
+    """Load only the model weights of ``checkpoint`` into ``model`` (strict); returns the source's step.
+
+    Raises:
+        SourceError: unreadable checkpoint, or weights that do not fit the model (one line saying what differs).
+    """
+    try:
+        state = load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise SourceError(str(exc)) from None
+    loaded = model_state_from_checkpoint(state)
+    own = model.state_dict()
+    message = _mismatch_message(own, loaded, checkpoint)
+    if message:
+        raise SourceError(message)
+    model.load_state_dict(loaded, strict=True)
+    return int(state.get("step", 0))

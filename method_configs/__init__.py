@@ -1,0 +1,1 @@
+"""nerfstudio method specifications of csd-nerf, discovered through the ``nerfstudio.method_configs`` entry point."""
