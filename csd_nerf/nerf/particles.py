@@ -99,7 +99,7 @@ class NerfParticles:
             if self.preservation_weight > 0:
                 regs["preservation_loss"] = self._preservation(renders, ids)
                 extra = extra + regs["preservation_loss"]
-            self.timings.losses = {k: float(v) for k, v in regs.items()}
+            self.timings.losses = {k: float(v.detach()) for k, v in regs.items()}
             if extra.requires_grad:
                 extra.backward(retain_graph=True)
         vae_before = self.guidance.stats.vae_seconds

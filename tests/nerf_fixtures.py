@@ -1,0 +1,152 @@
+"""Shared, train-once artefacts for the nerfstudio tests: a synthetic scene, a stock nerfacto run, an edited run.
+
+Each artefact is built once per test session under pytest's base temp folder (guarded by a file lock, so
+several modules or xdist workers reuse it) and only read afterwards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from csd_nerf.nerf.offline import offline_tool_env
+from csd_nerf.nerf.synthetic import SyntheticSceneConfig, make_synthetic_scene
+
+BIN = Path(sys.executable).parent
+CPU = ["--machine.device-type", "cpu", "--pipeline.model.implementation", "torch"]
+QUIET = ["--vis", "tensorboard", "--logging.local-writer.enable", "False"]
+# A nerfacto small enough for a 2-core CPU; csd-edit reads these back from the run's config.yml.
+TINY_NERFACTO = [
+    "--pipeline.model.hidden-dim", "16",
+    "--pipeline.model.hidden-dim-color", "16",
+    "--pipeline.model.num-levels", "4",
+    "--pipeline.model.log2-hashmap-size", "12",
+    "--pipeline.model.max-res", "128",
+    "--pipeline.model.num-nerf-samples-per-ray", "16",
+    "--pipeline.model.num-proposal-samples-per-ray", "32", "16",
+    "--pipeline.model.appearance-embed-dim", "8",
+]  # fmt: skip
+SOURCE_STEPS = 60
+EDIT_STEPS = 3
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """Build ``folder`` once (atomically, under a lock) and return it."""
+    with _locked(folder.with_name(folder.name + ".lock")):
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            (folder / ".done").touch()
+    return folder
+
+
+def tool_env(base: Path) -> dict[str, str]:
+    """Environment for ns-* subprocesses: offline, AlexNet placeholder, ffmpeg on PATH, no viewer."""
+    env = offline_tool_env(base / "tools")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("CSD_NERF_CACHE", str(base / "csd_cache"))
+    return env
+
+
+def run_tool(args: list[str], base: Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an ns-* command of this environment; output captured as text."""
+    exe = str(BIN / args[0])
+    return subprocess.run(
+        [exe, *args[1:]], cwd=cwd, env=tool_env(base), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _check(proc: subprocess.CompletedProcess, what: str) -> None:
+    if proc.returncode != 0:
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+
+
+def synthetic_scene(base: Path) -> Path:
+    """24 views of 32x32 px in nerfstudio format."""
+    return _once(
+        base / "scene", lambda d: make_synthetic_scene(d, SyntheticSceneConfig(num_views=24, width=32, height=32))
+    )
+
+
+def single_run(outputs: Path, method: str) -> Path:
+    """The one run folder (holding config.yml) of ``method`` under an ns-train output folder."""
+    runs = sorted(outputs.glob(f"*/{method}/*/config.yml"))
+    assert len(runs) == 1, f"expected one {method} run under {outputs}, found {runs}"
+    return runs[0].parent
+
+
+def source_run(base: Path) -> Path:
+    """A stock ``ns-train nerfacto`` run (tiny model, CPU) of the synthetic scene; returns the run folder."""
+    scene = synthetic_scene(base)
+
+    def build(folder: Path) -> None:
+        args = ["ns-train", "nerfacto", "--data", str(scene), "--output-dir", str(folder / "outputs")]
+        args += CPU + QUIET + TINY_NERFACTO
+        args += ["--max-num-iterations", str(SOURCE_STEPS), "--pipeline.datamanager.train-num-rays-per-batch", "512"]
+        _check(run_tool(args, base, cwd=folder), "ns-train nerfacto")
+
+    return single_run(_once(base / "source", build) / "outputs", "nerfacto")
+
+
+def edited_run(base: Path) -> Path:
+    """``ns-train csd-edit`` with the tiny prior for a few steps on :func:`source_run`; returns the run folder."""
+    source = source_run(base)
+
+    def build(folder: Path) -> None:
+        args = ["ns-train", "csd-edit", "--load-dir", str(source / "nerfstudio_models")]
+        args += ["--output-dir", str(folder / "outputs"), "--max-num-iterations", str(EDIT_STEPS)]
+        args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny"]
+        args += ["--pipeline.preview-every", "2", "--steps-per-save", "100"]
+        args += CPU + QUIET
+        proc = run_tool(args, base, cwd=folder)
+        _check(proc, "ns-train csd-edit")
+        (folder / "stdout.txt").write_text(proc.stdout + proc.stderr)
+
+    return single_run(_once(base / "edited", build) / "outputs", "csd-edit")
+
+
+def session_base(tmp_path_factory) -> Path:
+    """The per-session folder the shared artefacts live in."""
+    base = tmp_path_factory.getbasetemp()
+    # xdist workers each get their own basetemp below a shared parent; share across them.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / "nerf"
+
+
+def build_pipeline(source: Path, **pipeline_options):
+    """An in-process csd-edit pipeline (CPU, no prior loaded) with the source run's weights."""
+    import copy
+
+    from csd_nerf.nerf.source import find_source, inherit_source_config, load_model_weights
+    from method_configs.csd_edit import csd_edit_method
+
+    config = copy.deepcopy(csd_edit_method.config)
+    config.load_dir = source / "nerfstudio_models"
+    config.machine.device_type = "cpu"
+    config.pipeline.model.implementation = "torch"
+    for key, value in pipeline_options.items():
+        setattr(config.pipeline, key, value)
+    run = find_source(config.load_dir, None, None)
+    inherit_source_config(config, run, argv=[])
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    load_model_weights(pipeline.model, run.checkpoint)
+    return pipeline
