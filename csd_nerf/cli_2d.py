@@ -30,6 +30,9 @@ from csd_nerf.media import MediaError
 from csd_nerf.output_dir import OutputError, StagedOutput
 
 USER_ERRORS = (GuidanceLoadError, MediaError, OutputError, ValueError)
+OUT_OF_MEMORY = (
+    "out of memory: lower --num-particles or --max-unet-batch, use --dtype float16 on a GPU, or a smaller --size"
+)
 DEFAULTS = {
     "panorama": {"steps": 200, "lr": 2.0, "num_particles": 4},
     "video": {"steps": 100, "lr": 0.5, "num_particles": 24},
@@ -230,7 +233,7 @@ class _Progress:
             self.bar.update(self.task, completed=step, t=stats.timestep)
 
 
-def run(args: argparse.Namespace, console) -> Path:
+def run(args: argparse.Namespace, console, argv: list[str] | None = None) -> Path:
     """Do the whole job for parsed ``args``; returns the output folder. Raises the USER_ERRORS on bad input."""
     started = time.perf_counter()
     config = edit_config(args)
@@ -279,7 +282,7 @@ def run(args: argparse.Namespace, console) -> Path:
 
         record = {
             "command": args.command,
-            "argv": sys.argv[1:],
+            "argv": list(sys.argv[1:] if argv is None else argv),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "notice": guidance.notice,
             "seed": args.seed,
@@ -306,19 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``csd-edit-2d``; returns the exit code (2 for a user error, with a one-line message)."""
     from rich.console import Console
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
-        folder = run(args, console)
+        folder = run(args, console, argv)
     except USER_ERRORS as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2
-    except torch.OutOfMemoryError:
-        print(
-            "error: out of memory: lower --num-particles or --max-unet-batch, use --dtype float16 on a GPU, "
-            "or a smaller --size/--window",
-            file=sys.stderr,
-        )
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+            raise
+        print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)

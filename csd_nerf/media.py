@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi", ".m4v")
@@ -44,7 +44,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return _rgb(image)
+            # Phone JPEGs store their rotation in EXIF: edit the picture as the user sees it.
+            return _rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MediaError(f"cannot read image {path}: {_one_line(exc)}") from None
 

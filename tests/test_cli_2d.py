@@ -77,7 +77,7 @@ def test_panorama_writes_image_comparison_and_run_record(panorama, tmp_path, cap
     record = json.loads((out / "run.json").read_text())
     assert record["notice"] and "random weights" in record["notice"]
     assert "random weights" in capsys.readouterr().err
-    assert record["seed"] == 0
+    assert record["seed"] == 0 and "--save-every" in record["argv"]
     assert record["config"]["edit"]["guidance_scale"] == 7.5
     assert record["config"]["edit"]["image_guidance_scale"] == 1.5
     assert record["config"]["optim"] == {"steps": 3, "lr": 2.0, "lr_decay": 0.9, "lr_decay_every": 20}
@@ -192,6 +192,17 @@ def test_an_interrupted_run_leaves_nothing(panorama, tmp_path, monkeypatch):
 
     monkeypatch.setattr("csd_nerf.cli_2d.run_edit", interrupt)
     assert _panorama_run(panorama, tmp_path / "out") == 130
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_running_out_of_memory_is_a_one_line_error_with_a_fix(panorama, tmp_path, monkeypatch, capsys):
+    def exhaust(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("csd_nerf.cli_2d.run_edit", exhaust)
+    assert _panorama_run(panorama, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: out of memory") and "--num-particles" in err
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
