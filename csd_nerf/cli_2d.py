@@ -41,8 +41,13 @@ DEFAULTS = {
 
 def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
     io = parser.add_argument_group("input and output")
-    io.add_argument("--input", required=True, help="the media to edit (only read)")
-    io.add_argument("--output", required=True, help="output folder (refused if it exists, unless --overwrite)")
+    io.add_argument("--input", required=True, default=argparse.SUPPRESS, help="the media to edit (only read)")
+    io.add_argument(
+        "--output",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="output folder (refused if it exists, unless --overwrite)",
+    )
     io.add_argument("--overwrite", action="store_true", help="replace an existing output folder when the run succeeds")
     io.add_argument(
         "--save-every", type=int, default=0, metavar="N", help="also save the result every N steps (0: off)"
@@ -50,7 +55,12 @@ def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
     io.add_argument("--quiet", action="store_true", help="no progress bar")
 
     edit = parser.add_argument_group("CSD-Edit")
-    edit.add_argument("--prompt", required=True, help='the edit instruction, e.g. "Turn it into a Van Gogh painting"')
+    edit.add_argument(
+        "--prompt",
+        required=True,
+        default=argparse.SUPPRESS,
+        help='the edit instruction, e.g. "Turn it into a Van Gogh painting"',
+    )
     edit.add_argument("--model", default=DEFAULT_MODEL, help="IP2P hub id, local diffusers folder, or 'tiny' (random)")
     edit.add_argument("--steps", type=int, default=defaults["steps"], help="optimisation steps")
     edit.add_argument("--num-particles", type=int, default=defaults["num_particles"], help=defaults["particles_help"])
@@ -83,7 +93,7 @@ def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
         "--vae-tiling",
         choices=("auto", "on", "off"),
         default="auto",
-        help="encode/decode with the VAE tile by tile (auto: images over 1 megapixel)",
+        help="encode/decode with the VAE tile by tile (auto: images over 2 megapixels)",
     )
 
 
@@ -93,13 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{panorama,video}")
 
-    panorama = commands.add_parser("panorama", help="edit an image of any size through overlapping 512 px windows")
+    shown = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    panorama = commands.add_parser(
+        "panorama", help="edit an image of any size through overlapping 512 px windows", **shown
+    )
     _add_common(panorama, DEFAULTS["panorama"] | {"particles_help": "windows drawn per step"})
     geometry = panorama.add_argument_group("windows")
     geometry.add_argument("--window", type=int, default=64, help="window side in latent pixels (64 = 512 px)")
     geometry.add_argument("--stride", type=int, default=16, help="window stride in latent pixels (16 = 128 px)")
 
-    video = commands.add_parser("video", help="edit the frames of an MP4/GIF or a folder of frames jointly")
+    video = commands.add_parser("video", help="edit the frames of an MP4/GIF or a folder of frames jointly", **shown)
     _add_common(video, DEFAULTS["video"] | {"particles_help": "frames per step (all frames when there are fewer)"})
     frames = video.add_argument_group("frames")
     frames.add_argument("--size", type=int, default=512, help="working long side in px (aspect kept, multiple of 8)")

@@ -128,8 +128,8 @@ def test_vae_tiling_keeps_the_latent_geometry_at_real_size():
     assert decode(guidance, latents, tiling="on").shape == (1, 3, 520, 776)
 
 
-def test_auto_tiling_starts_above_one_megapixel():
-    assert not use_tiling("auto", 512, 2048)
+def test_auto_tiling_starts_above_two_megapixels():
+    assert not use_tiling("auto", 656, 1920) and not use_tiling("auto", 1080, 1920)
     assert use_tiling("auto", 1024, 4096)
     assert use_tiling("on", 64, 64) and not use_tiling("off", 4096, 4096)
 

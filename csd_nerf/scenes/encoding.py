@@ -11,9 +11,10 @@ import torch
 from csd_nerf.guidance.ip2p import IP2PGuidance
 
 Tiling = Literal["auto", "on", "off"]
-TILING_AUTO_PIXELS = 1024 * 1024
-"""``auto`` tiles images with more pixels than this: a whole-image pass of SD's VAE beyond it needs many GiB
-(its mid-block attention is quadratic in the latent pixels); below it one pass is exact and affordable."""
+TILING_AUTO_PIXELS = 2048 * 1024
+"""``auto`` tiles images with more pixels than this (2 MP: 4096x1024 is tiled, 1920x1080 and the reference's
+1920x653 are not): beyond it a whole-image pass of SD's VAE needs many GiB (its mid-block attention is quadratic
+in the latent pixels); below it one pass is exact, as the reference code does by default, and affordable."""
 
 
 def use_tiling(tiling: Tiling, height: int, width: int) -> bool:
