@@ -159,5 +159,5 @@ class VideoJob:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch's global generators (the editor has its own; this covers anything else, e.g. VAE sampling)."""
+    """Seed torch's global generator: the editor draws from its own, this covers anything else that draws."""
     torch.manual_seed(seed)

@@ -300,7 +300,7 @@ def run(args: argparse.Namespace, console, argv: list[str] | None = None) -> Pat
             "notice": guidance.notice,
             "seed": args.seed,
             "config": {
-                "args": {k: v for k, v in vars(args).items()},
+                "args": dict(vars(args)),
                 "edit": asdict(config),
                 "optim": asdict(optim),
                 "guidance": asdict(guidance.config),
