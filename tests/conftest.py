@@ -24,3 +24,14 @@ def tiny_guidance():
     from csd_nerf.guidance import GuidanceConfig
 
     return GuidanceConfig(model="tiny").setup()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The miniature models' ops are tiny: one thread is faster, and far faster when another job shares the CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

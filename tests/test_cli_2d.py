@@ -16,14 +16,7 @@ import torch
 from csd_nerf import media
 from csd_nerf.cli_2d import main
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The miniature model's ops are tiny: one thread is faster, and far faster when another job shares the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = ["--model", "tiny", "--steps", "3", "--quiet"]

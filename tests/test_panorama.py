@@ -11,14 +11,7 @@ from csd_nerf.editor import CSDEditConfig, CSDEditor
 from csd_nerf.scenes.encoding import decode, encode_sources, use_tiling
 from csd_nerf.scenes.panorama import PanoramaScene, count_map, window_grid, window_offsets
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The miniature model's ops are tiny: one thread is faster, and far faster when another job shares the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _canvas(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,14 +14,7 @@ from csd_nerf.edit_2d import OptimConfig, run_edit
 from csd_nerf.editor import CSDEditConfig, CSDEditor
 from csd_nerf.scenes.video import VideoScene, working_size
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The miniature model's ops are tiny: one thread is faster, and far faster when another job shares the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _frames(count: int = 8, height: int = 48, width: int = 64) -> np.ndarray:
