@@ -107,8 +107,12 @@ class CSDPipeline(VanillaPipeline):
             self.viewer_guidance_scale = ViewerNumber("Text guidance scale", config.guidance_scale)
             self.viewer_image_guidance_scale = ViewerNumber("Image guidance scale", config.image_guidance_scale)
 
-    def setup_editing(self, preview_dir: Path | None = None) -> None:
-        """Load the prior and build the editor; raises GuidanceLoadError/ValueError with one-line messages."""
+    def setup_editing(self, preview_dir: Path | None = None, guidance: Any = None) -> None:
+        """Load the prior (unless an ``IP2PGuidance`` is given) and build the editor.
+
+        Raises:
+            CSDEditError, GuidanceLoadError: with one-line messages.
+        """
         from csd_nerf.editor import CSDEditor
         from csd_nerf.guidance import GuidanceConfig, IP2PGuidance
         from csd_nerf.nerf.deferred import ViewRenderer
@@ -122,14 +126,15 @@ class CSDPipeline(VanillaPipeline):
         except ValueError as exc:
             raise CSDEditError(str(exc)) from None
         device = torch.device(cfg.ip2p_device or self.device)
-        guidance = IP2PGuidance(
-            GuidanceConfig(
-                model=cfg.ip2p_model,
-                device=str(device),
-                dtype=_resolve_dtype(cfg.ip2p_dtype, device),
-                max_unet_batch=cfg.max_unet_batch,
+        if guidance is None:
+            guidance = IP2PGuidance(
+                GuidanceConfig(
+                    model=cfg.ip2p_model,
+                    device=str(device),
+                    dtype=_resolve_dtype(cfg.ip2p_dtype, device),
+                    max_unet_batch=cfg.max_unet_batch,
+                )
             )
-        )
         self.editor = CSDEditor(guidance, edit_config)
         views = TrainViews(
             self.datamanager.train_dataset, cfg.render_resolution, self.model.renderer_rgb.blend_background
@@ -141,7 +146,7 @@ class CSDPipeline(VanillaPipeline):
         self.preview_dir = preview_dir
         CONSOLE.print(
             f"csd-edit: {len(views)} training views rendered at {views.width}x{views.height}, "
-            f"{min(cfg.num_particles, len(views))} per step, prior {cfg.ip2p_model!r} on {device}"
+            f"{min(cfg.num_particles, len(views))} per step, prior {guidance.config.model!r} on {guidance.device}"
         )
         if guidance.notice:
             CONSOLE.print(f"[bold yellow]Note: {guidance.notice}")

@@ -116,20 +116,21 @@ def _shade_rays(origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
 
 
 def _camera_positions(config: SyntheticSceneConfig) -> list[np.ndarray]:
-    """Cameras spread evenly over the elevation rings, azimuths offset per ring so views interleave."""
+    """Cameras ring after ring, azimuth increasing along each ring, so consecutive views are neighbours
+    (``ns-render interpolate`` over them gives a smooth orbit)."""
     rings = len(config.elevations_degrees)
+    per_ring = [config.num_views // rings + (1 if r < config.num_views % rings else 0) for r in range(rings)]
     positions = []
-    for i in range(config.num_views):
-        ring = i % rings
-        azimuth = 2 * math.pi * (i // rings) / math.ceil(config.num_views / rings) + ring * math.pi / 12
+    for ring, count in enumerate(per_ring):
         elevation = math.radians(config.elevations_degrees[ring])
-        positions.append(
-            config.radius
-            * np.array(
-                [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
-            )
-            + np.array([0.0, 0.0, 0.3])
-        )
+        for k in range(count):
+            azimuth = 2 * math.pi * k / count + ring * math.pi / count
+            direction = [
+                math.cos(elevation) * math.cos(azimuth),
+                math.cos(elevation) * math.sin(azimuth),
+                math.sin(elevation),
+            ]
+            positions.append(config.radius * np.array(direction) + np.array([0.0, 0.0, 0.3]))
     return positions
 
 
