@@ -163,7 +163,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     runner.run(
         "export a point cloud of the edit",
         ["ns-export", "pointcloud", "--load-config", str(edited / "config.yml"), "--output-dir", str(out / "export")]
-        + ["--num-points", "20000", "--normal-method", "open3d"],
+        + ["--num-points", "20000", "--normal-method", "open3d", "--num-rays-per-batch", "8192"],
     )
 
     previews = sorted((edited / "previews").glob("*.png"))

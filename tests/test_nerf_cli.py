@@ -81,7 +81,7 @@ def test_stock_ns_render_on_edited_run(base, edited, tmp_path):
 def test_stock_ns_export_pointcloud_on_edited_run(base, edited, tmp_path):
     proc = run_tool(
         ["ns-export", "pointcloud", "--load-config", str(edited / "config.yml"), "--output-dir", str(tmp_path)]
-        + ["--num-points", "1000", "--normal-method", "open3d"],
+        + ["--num-points", "1000", "--normal-method", "open3d", "--num-rays-per-batch", "2048"],
         base,
         cwd=tmp_path,
     )
@@ -130,7 +130,7 @@ def test_stock_ns_export_reads_a_stock_nerfacto_checkpoint(base, source, tmp_pat
     """torch >= 2.6 refuses nerfstudio's checkpoints; the installed plugin makes stock commands read them."""
     proc = run_tool(
         ["ns-export", "pointcloud", "--load-config", str(source / "config.yml"), "--output-dir", str(tmp_path)]
-        + ["--num-points", "1000", "--normal-method", "open3d"],
+        + ["--num-points", "1000", "--normal-method", "open3d", "--num-rays-per-batch", "2048"],
         base,
         cwd=tmp_path,
     )

@@ -204,10 +204,8 @@ def test_cli_overrides_parsing():
     assert given == {"pipeline.model.num_levels", "pipeline.prompt"}
 
 
-def test_source_of_another_method_is_refused(source, tmp_path):
+def test_source_of_another_method_is_refused(source):
     import copy
-
-    import yaml
 
     from method_configs.csd_edit import csd_edit_method
 
@@ -217,7 +215,20 @@ def test_source_of_another_method_is_refused(source, tmp_path):
     run.config.pipeline.model = SimpleNamespace()
     with pytest.raises(SourceError, match="csd-edit edits nerfacto runs"):
         inherit_source_config(copy.deepcopy(csd_edit_method.config), run, argv=[])
-    del yaml
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_default_on_a_cpu_machine_names_the_cpu_flags(source):
+    import copy
+
+    from csd_nerf.nerf.trainer import resolve_source
+    from method_configs.csd_edit import csd_edit_method
+
+    config = copy.deepcopy(csd_edit_method.config)
+    config.load_dir = source / "nerfstudio_models"
+    config.pipeline.prompt = "Make it snowy"
+    with pytest.raises(CSDEditError, match="--machine.device-type cpu"):
+        resolve_source(config)
 
 
 def test_empty_prompt_is_a_clear_error(source):
@@ -228,6 +239,7 @@ def test_empty_prompt_is_a_clear_error(source):
 
     config = copy.deepcopy(csd_edit_method.config)
     config.load_dir = source / "nerfstudio_models"
+    config.machine.device_type = "cpu"
     with pytest.raises(CSDEditError, match="--pipeline.prompt"):
         resolve_source(config)
     config.pipeline.model.prompt = "Make it snowy"  # where nerfstudio's --prompt alias puts it

@@ -44,6 +44,10 @@ def resolve_source(config: CSDTrainerConfig) -> None:
         pipeline.prompt = model_prompt
     if not pipeline.prompt.strip():
         raise CSDEditError('the edit prompt is empty: pass --pipeline.prompt "Turn the bear into a grizzly bear"')
+    if config.machine.device_type == "cuda" and not torch.cuda.is_available():
+        raise CSDEditError(
+            "no CUDA device is available: pass --machine.device-type cpu --pipeline.model.implementation torch"
+        )
     source = find_source(config.load_dir, config.load_step, config.load_checkpoint)
     if config.inherit_source_config:
         changed = inherit_source_config(config, source)
