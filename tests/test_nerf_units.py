@@ -273,3 +273,18 @@ def test_model_construction_needs_no_lpips_download(pipeline):
 
     assert isinstance(pipeline.model.lpips, LazyLPIPS)
     assert not any(k.startswith("lpips.") for k in pipeline.model.state_dict())
+
+
+# --- the demo ------------------------------------------------------------------------------------------------------
+
+
+def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("csd_demo", Path(__file__).parent.parent / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert demo.main(["--output", str(tmp_path)]) == 1
+    assert demo.main(["--output", str(tmp_path), "--overwrite"]) == 1
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
