@@ -63,7 +63,8 @@ class ViewRenderer:
         return self.cameras.generate_rays(camera_indices=index, keep_shape=True).flatten()
 
     def _render_chunk(self, rays, start: int, stop: int, seed: int) -> dict:
-        devices = [rays.origins.device] if rays.origins.device.type == "cuda" else []
+        device = rays.origins.device
+        devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             return self.model(rays[start:stop])
