@@ -6,13 +6,18 @@ cd "$(dirname "$0")/.."
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 
-# open3d (imported by ns-export) needs libusb; install it with apt when we can.
-if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then
+# open3d (imported by ns-export) needs libusb; ns-render writes videos with ffmpeg. Install them with apt when we can.
+export DEBIAN_FRONTEND=noninteractive
+missing=()
+ldconfig -p 2>/dev/null | grep -q libusb-1.0 || missing+=(libusb-1.0-0)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q libusb-1.0-0 >/dev/null; }) \
-      || echo "warning: could not install libusb-1.0-0; ns-export needs it (apt-get install libusb-1.0-0)" >&2
+    echo "installing ${missing[*]} with apt-get"
+    (apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }) \
+      || echo "warning: could not install ${missing[*]}: ns-export needs libusb-1.0-0, ns-render needs ffmpeg" >&2
   else
-    echo "warning: libusb-1.0-0 is missing; ns-export needs it: sudo apt-get install libusb-1.0-0" >&2
+    echo "warning: ${missing[*]} missing: ns-export needs libusb-1.0-0, ns-render needs ffmpeg (sudo apt-get install ${missing[*]})" >&2
   fi
 fi
 
