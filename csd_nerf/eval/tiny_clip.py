@@ -6,10 +6,10 @@ It is built once, saved with ``save_pretrained`` into a cache folder and always 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from csd_nerf.cache import build_once
+from csd_nerf.cache import cache_root as default_cache_root
 
 __all__ = ["TINY_CLIP_NAME", "TINY_CLIP_WARNING", "tiny_clip_dir", "build_tiny_clip", "ensure_tiny_clip"]
 
@@ -21,8 +21,7 @@ _RECIPE = "tiny-clip-v1"
 
 def tiny_clip_dir(cache_root: str | Path | None = None) -> Path:
     """Where the miniature CLIP lives: ``<cache_root or $CSD_NERF_CACHE or ~/.cache/csd_nerf>/tiny-clip-v1``."""
-    root = cache_root or os.environ.get("CSD_NERF_CACHE") or Path.home() / ".cache" / "csd_nerf"
-    return Path(root).expanduser() / _RECIPE
+    return Path(cache_root).expanduser() / _RECIPE if cache_root else default_cache_root() / _RECIPE
 
 
 def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
@@ -74,18 +73,4 @@ def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
 
 def ensure_tiny_clip(cache_root: str | Path | None = None) -> Path:
     """The miniature CLIP's folder, built on first use; safe when several processes race to build it."""
-    target = tiny_clip_dir(cache_root)
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target.parent))
-    try:
-        build_tiny_clip(staging)
-        try:
-            staging.rename(target)  # atomic: readers never see a half-written folder
-        except OSError:
-            if not (target / "config.json").is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(tiny_clip_dir(cache_root), "config.json", build_tiny_clip)

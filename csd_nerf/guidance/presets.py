@@ -53,15 +53,20 @@ _VAE = {
 
 def build_components(preset: Preset, seed: int = 0) -> IP2PComponents:
     """Random-weight UNet, VAE, text encoder, byte-level tokenizer and SD noise schedule for ``preset``."""
+    if preset not in _UNET:
+        raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(_UNET)}")
+    unet_cfg = _UNET[preset]
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        return _build(preset, unet_cfg)
+
+
+def _build(preset: Preset, unet_cfg: dict) -> IP2PComponents:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from csd_nerf.byte_tokenizer import byte_level_clip_tokenizer
 
-    if preset not in _UNET:
-        raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(_UNET)}")
-    torch.manual_seed(seed)
-    unet_cfg = _UNET[preset]
     tokenizer = byte_level_clip_tokenizer()
     # Prompt embeddings are computed once per prompt, so a two-layer text encoder of the right width suffices.
     width = unet_cfg["cross_attention_dim"]

@@ -7,10 +7,9 @@ It edits nothing meaningful.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from csd_nerf.cache import build_once, cache_root
 
 TINY_MODEL_NAME = "tiny"
 TINY_NOTICE = (
@@ -20,17 +19,9 @@ TINY_NOTICE = (
 _TINY_VERSION = "v1"
 
 
-def cache_root() -> Path:
-    """Where csd-nerf keeps generated artefacts: ``$CSD_NERF_CACHE`` or ``~/.cache/csd_nerf``."""
-    return Path(os.environ.get("CSD_NERF_CACHE", Path.home() / ".cache" / "csd_nerf"))
-
-
 def tiny_ip2p_path() -> Path:
     """The folder of the miniature IP2P, built on first use."""
-    path = cache_root() / f"tiny-ip2p-{_TINY_VERSION}"
-    if not (path / "model_index.json").exists():
-        build_tiny_ip2p(path)
-    return path
+    return build_once(cache_root() / f"tiny-ip2p-{_TINY_VERSION}", "model_index.json", build_tiny_ip2p)
 
 
 def tiny_components(seed: int = 0):
@@ -55,17 +46,5 @@ def build_tiny_ip2p(path: Path, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a concurrent or interrupted build never leaves half a model.
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-ip2p-", dir=path.parent))
-    try:
-        pipe.save_pretrained(staging)
-        try:
-            os.replace(staging, path)
-        except OSError:
-            if not (path / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+    pipe.save_pretrained(path)
+    return Path(path)
