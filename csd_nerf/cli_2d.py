@@ -26,6 +26,7 @@ from csd_nerf.apps_2d import PanoramaJob, VideoJob, seed_everything
 from csd_nerf.edit_2d import OptimConfig, run_edit
 from csd_nerf.editor import CSDEditConfig, CSDEditor
 from csd_nerf.guidance import DEFAULT_MODEL, GuidanceConfig, GuidanceLoadError
+from csd_nerf.guidance.loading import resolve_dtype
 from csd_nerf.media import MediaError
 from csd_nerf.output_dir import OutputError, StagedOutput
 
@@ -131,11 +132,7 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
-    if dtype == "auto":
-        dtype = "float16" if kind == "cuda" else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"unknown dtype {dtype!r}: use float32 or float16")
-    return device, dtype
+    return device, str(resolve_dtype(dtype, kind)).removeprefix("torch.")
 
 
 def edit_config(args: argparse.Namespace) -> CSDEditConfig:

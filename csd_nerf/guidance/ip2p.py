@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from csd_nerf.guidance.loading import DEFAULT_MODEL, IP2PComponents, load_ip2p_components, parse_dtype
+from csd_nerf.guidance.loading import DEFAULT_MODEL, IP2PComponents, load_ip2p_components, resolve_dtype
 from csd_nerf.guidance.tiny import TINY_MODEL_NAME, TINY_NOTICE
 
 Baseline = Literal["image", "noise"]
@@ -24,7 +24,7 @@ class GuidanceConfig:
     """Hub id, local diffusers folder, or ``tiny`` (miniature random model for offline smoke runs)."""
     device: str = "cpu"
     dtype: str = "float32"
-    """``float32`` or ``float16`` for UNet, VAE and text encoder."""
+    """``float32``, ``float16``, or ``auto`` (float16 on CUDA, else float32) for UNet, VAE and text encoder."""
     reference_conditioning: bool = False
     """Condition IP2P on the scaled source latent, as the official CSD code does (about 5.5x weaker than IP2P's
     training); off uses IP2P's own unscaled ``latent_dist.mode()``."""
@@ -65,7 +65,7 @@ class IP2PGuidance:
         """Load ``config.model``, or wrap already-built ``components`` (benchmarks' random-weight presets)."""
         self.config = config
         self.device = torch.device(config.device)
-        self.dtype = parse_dtype(config.dtype)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         if components is None:
             parts = load_ip2p_components(config.model, self.device, self.dtype)
         else:

@@ -37,6 +37,13 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """Like :func:`parse_dtype`, with ``"auto"`` meaning float16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    return parse_dtype(dtype)
+
+
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or Path(model).expanduser().exists() or model.count("/") > 1
 

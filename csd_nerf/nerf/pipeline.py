@@ -75,12 +75,6 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     seed: int = 0
 
 
-def _resolve_dtype(dtype: str, device: torch.device) -> str:
-    if dtype != "auto":
-        return dtype
-    return "float16" if device.type == "cuda" else "float32"
-
-
 class CSDPipeline(VanillaPipeline):
     """nerfacto pipeline whose training step is the shared CSD-Edit step over rendered training views."""
 
@@ -131,7 +125,7 @@ class CSDPipeline(VanillaPipeline):
                 GuidanceConfig(
                     model=cfg.ip2p_model,
                     device=str(device),
-                    dtype=_resolve_dtype(cfg.ip2p_dtype, device),
+                    dtype=cfg.ip2p_dtype,
                     max_unet_batch=cfg.max_unet_batch,
                 )
             )
