@@ -19,6 +19,19 @@ __all__ = ["csd_edit_method", "csd_edit_small_method"]
 _DESCRIPTION = "CSD-Edit: edit a trained nerfacto scene from a text instruction (Collaborative Score Distillation)."
 _SMALL_DESCRIPTION = "CSD-Edit with lower memory (256 px renders, 2 views per step, smaller chunks and UNet batches)."
 
+
+def usage(source_method: str) -> str:
+    """The three options a user needs, for the top of ``ns-train <method> --help``."""
+    from csd_nerf.guidance.loading import DEFAULT_MODEL
+
+    return (
+        f'The options you need: --pipeline.prompt "Turn the bear into a grizzly bear" (the instruction); '
+        f"--load-dir outputs/SCENE/{source_method}/RUN/nerfstudio_models (the scene to edit; default: the latest "
+        f"{source_method} run of --data); --pipeline.ip2p-model (InstructPix2Pix: hub id, local folder or 'tiny'; "
+        f"default {DEFAULT_MODEL})."
+    )
+
+
 try:
     from csd_nerf.nerf.compat import register_safe_globals
 
@@ -87,7 +100,8 @@ def _build(small: bool) -> TrainerConfig:
 def _spec(small: bool) -> MethodSpecification:
     name = "csd-edit-small" if small else "csd-edit"
     try:
-        return MethodSpecification(config=_build(small), description=_SMALL_DESCRIPTION if small else _DESCRIPTION)
+        description = f"{_SMALL_DESCRIPTION if small else _DESCRIPTION} {usage('nerfacto')}"
+        return MethodSpecification(config=_build(small), description=description)
     except Exception as exc:  # a broken install of ours must not break ns-train for other methods
         return _broken_method(name, f"{type(exc).__name__}: {exc}")
 

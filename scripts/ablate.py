@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options; lists take several values (``--num-particles 1 2 4 8``)."""
     from csd_nerf.eval.clip import DEFAULT_CLIP_MODEL
     from csd_nerf.guidance import DEFAULT_MODEL
+    from csd_nerf.media.cli import APP_DEFAULTS, EDIT_DEFAULTS, OPTIM_DEFAULTS
+
+    video = APP_DEFAULTS["video"]
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--input", help="video file or folder of frames (default: a synthetic 8-frame 64 px video)")
@@ -228,16 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = p.add_argument_group("budget and optimiser (video defaults of csd-edit-2d)")
     b.add_argument(
-        "--updates-per-frame", type=int, default=None, help="updates each frame gets (default 100; --tiny 2)"
+        "--updates-per-frame",
+        type=int,
+        default=None,
+        help=f"updates each frame gets (default {video['steps']}; --tiny 2)",
     )
     b.add_argument("--steps", type=int, default=0, help="fixed steps per cell instead (0: equal updates per frame)")
-    b.add_argument("--lr", type=float, default=0.5)
-    b.add_argument("--lr-decay", type=float, default=0.9)
-    b.add_argument("--lr-decay-every", type=int, default=20, help="in all-frames steps; scaled by F/N per cell")
-    b.add_argument("--guidance-scale", type=float, default=7.5)
-    b.add_argument("--image-guidance-scale", type=float, default=1.5)
-    b.add_argument("--t-min", type=int, default=20)
-    b.add_argument("--t-max", type=int, default=500)
+    b.add_argument("--lr", type=float, default=video["lr"])
+    b.add_argument("--lr-decay", type=float, default=OPTIM_DEFAULTS.lr_decay)
+    b.add_argument(
+        "--lr-decay-every",
+        type=int,
+        default=OPTIM_DEFAULTS.lr_decay_every,
+        help="in all-frames steps; scaled by F/N per cell",
+    )
+    b.add_argument("--guidance-scale", type=float, default=EDIT_DEFAULTS.guidance_scale)
+    b.add_argument("--image-guidance-scale", type=float, default=EDIT_DEFAULTS.image_guidance_scale)
+    b.add_argument("--t-min", type=int, default=EDIT_DEFAULTS.t_min)
+    b.add_argument("--t-max", type=int, default=EDIT_DEFAULTS.t_max)
 
     c = p.add_argument_group("compute and output")
     c.add_argument("--size", type=int, default=None, help="working long side in px (default 512; --tiny 64)")
@@ -253,14 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.tiny:
         args.model, args.clip_model = "tiny", "tiny"
-    defaults = TINY_DEFAULTS if args.tiny else {"updates_per_frame": 100, "size": 512}
+    from csd_nerf.media.cli import APP_DEFAULTS
+    from csd_nerf.media.video import DEFAULT_LONG_SIDE
+
+    full = {"updates_per_frame": APP_DEFAULTS["video"]["steps"], "size": DEFAULT_LONG_SIDE}
+    defaults = TINY_DEFAULTS if args.tiny else full
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    from csd_nerf.errors import SettingError
+
     if args.updates_per_frame < 1 or args.steps < 0 or args.size < 8:
-        raise ValueError("--updates-per-frame must be >= 1, --steps >= 0 and --size >= 8")
+        raise SettingError("--updates-per-frame must be >= 1, --steps >= 0 and --size >= 8")
     if any(n < 1 for n in args.num_particles) or any(not (bw > 0 and math.isfinite(bw)) for bw in args.bandwidth):
-        raise ValueError("--num-particles values must be >= 1 and --bandwidth values positive")
+        raise SettingError("--num-particles values must be >= 1 and --bandwidth values positive")
     return args
 
 
@@ -269,23 +286,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from csd_nerf.apps_2d import VideoJob, seed_everything
-    from csd_nerf.cli_2d import resolve_device
-    from csd_nerf.edit_2d import OptimConfig, run_edit
     from csd_nerf.editor import CSDEditConfig, CSDEditor
     from csd_nerf.eval.clip import load_clip, quiet_hub_logging
     from csd_nerf.eval.evaluate import check_captions, evaluate
     from csd_nerf.eval.lpips import load_lpips
     from csd_nerf.eval.report import library_versions
     from csd_nerf.guidance import GuidanceConfig
-    from csd_nerf.scenes.video import VideoScene
+    from csd_nerf.media.cli import resolve_device
+    from csd_nerf.media.jobs import VideoJob, seed_everything
+    from csd_nerf.media.optimise import OptimConfig, run_edit
+    from csd_nerf.media.output import OutputError
+    from csd_nerf.media.video import VideoScene
 
     console = Console(stderr=True, quiet=args.quiet)
     args = _resolve_args(args)
     check_captions(args.source_caption, args.target_caption)
     out = Path(args.output)
     if (out / "ablation.json").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds an ablation: pass --overwrite or another --output")
+        raise OutputError(f"{out} already holds an ablation: pass --overwrite or another --output")
     out.mkdir(parents=True, exist_ok=True)
     device, dtype = resolve_device(args.device, args.dtype)
     input_path = Path(args.input) if args.input else synthetic_video(out / "input_frames")
@@ -391,14 +409,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ablation; user errors end with one line on stderr and exit status 2."""
-    from csd_nerf.cli_2d import USER_ERRORS
-    from csd_nerf.eval.errors import EvalError
+    from csd_nerf.errors import UserError
 
     args = build_parser().parse_args(argv)
     try:
         started = time.perf_counter()
         rows = run(args)
-    except (EvalError, *USER_ERRORS) as err:
+    except UserError as err:
         print(f"ablate: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if not args.quiet:

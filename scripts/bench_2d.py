@@ -24,12 +24,12 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from csd_nerf.apps_2d import PanoramaJob, VideoJob
-from csd_nerf.edit_2d import OptimConfig, run_edit
 from csd_nerf.editor import CSDEditConfig, CSDEditor
 from csd_nerf.guidance import GuidanceConfig, IP2PGuidance
 from csd_nerf.guidance.presets import build_components
-from csd_nerf.media import Video
+from csd_nerf.media.io import Video
+from csd_nerf.media.jobs import PanoramaJob, VideoJob
+from csd_nerf.media.optimise import OptimConfig, run_edit
 
 CASES = ("panorama", "video")
 

@@ -24,9 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 PRESETS = {
     "cpu": {
         "device": "cpu",
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from csd_nerf.nerf.synthetic import SyntheticSceneConfig, make_synthetic_scene
+    from csd_nerf.testing.synthetic import SyntheticSceneConfig, make_synthetic_scene
 
     console = Console()
     preset = PRESETS[args.preset]

@@ -20,7 +20,7 @@ import torch
 from csd_nerf.editor import CSDEditConfig, CSDEditor
 from csd_nerf.guidance import GuidanceConfig, IP2PGuidance
 from csd_nerf.guidance.presets import build_components
-from csd_nerf.scenes.latent_set import LatentSetScene
+from csd_nerf.media.latents import LatentSetScene
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:

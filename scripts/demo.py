@@ -21,11 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from csd_nerf.nerf.offline import offline_tool_env, torch_home_for_offline_nerfacto  # noqa: E402
-from csd_nerf.nerf.synthetic import SyntheticSceneConfig, make_synthetic_scene  # noqa: E402
+from csd_nerf.testing.offline import offline_tool_env, torch_home_for_offline_nerfacto
+from csd_nerf.testing.synthetic import SyntheticSceneConfig, make_synthetic_scene
 
 CONSOLE = Console(highlight=False)
 MARKER = ".csd-nerf-demo"
@@ -101,7 +98,7 @@ def _run_folder(outputs: Path, method: str) -> Path:
 def _side_by_side(before: Path, after: Path, target: Path, fps: int) -> Path:
     import numpy as np
 
-    from csd_nerf.media import Video, comparison_image, read_video, write_video
+    from csd_nerf.media.io import Video, comparison_image, read_video, write_video
 
     a, b = read_video(before), read_video(after)
     count = min(len(a.frames), len(b.frames))

@@ -15,25 +15,16 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from csd_nerf.nerf.offline import offline_tool_env
-from csd_nerf.nerf.synthetic import SyntheticSceneConfig, make_synthetic_scene
+from csd_nerf.testing.offline import offline_tool_env
+from csd_nerf.testing.presets import CPU_MACHINE, QUIET, nerfacto_cpu_training
+from csd_nerf.testing.synthetic import SyntheticSceneConfig, make_synthetic_scene
 
 BIN = Path(sys.executable).parent
-CPU = ["--machine.device-type", "cpu", "--pipeline.model.implementation", "torch"]
-QUIET = ["--vis", "tensorboard", "--logging.local-writer.enable", "False"]
-# A nerfacto small enough for a 2-core CPU; csd-edit reads these back from the run's config.yml.
-TINY_NERFACTO = [
-    "--pipeline.model.hidden-dim", "16",
-    "--pipeline.model.hidden-dim-color", "16",
-    "--pipeline.model.num-levels", "4",
-    "--pipeline.model.log2-hashmap-size", "12",
-    "--pipeline.model.max-res", "128",
-    "--pipeline.model.num-nerf-samples-per-ray", "16",
-    "--pipeline.model.num-proposal-samples-per-ray", "32", "16",
-    "--pipeline.model.appearance-embed-dim", "8",
-]  # fmt: skip
+CPU = CPU_MACHINE
 SOURCE_STEPS = 60
-EDIT_STEPS = 3
+EDIT_STEPS = 24
+"""Past nerfacto's 10-step warm-up, with a checkpoint at step 12 and the final one at step 23."""
+SAVE_EVERY = 12
 
 
 @contextmanager
@@ -99,22 +90,25 @@ def source_run(base: Path) -> Path:
 
     def build(folder: Path) -> None:
         args = ["ns-train", "nerfacto", "--data", str(scene), "--output-dir", str(folder / "outputs")]
-        args += CPU + QUIET + TINY_NERFACTO
-        args += ["--max-num-iterations", str(SOURCE_STEPS), "--pipeline.datamanager.train-num-rays-per-batch", "512"]
+        args += QUIET + nerfacto_cpu_training(SOURCE_STEPS, rays_per_batch=512)
         _check(run_tool(args, base, cwd=folder), "ns-train nerfacto")
 
     return single_run(_once(base / "source", build) / "outputs", "nerfacto")
 
 
 def edited_run(base: Path) -> Path:
-    """``ns-train csd-edit`` with the tiny prior for a few steps on :func:`source_run`; returns the run folder."""
+    """``ns-train csd-edit`` with the tiny prior on :func:`source_run`, as a user runs it: past the warm-up, with an
+    explicit ``--load-step`` and intermediate checkpoints kept; returns the run folder."""
     source = source_run(base)
 
     def build(folder: Path) -> None:
         args = ["ns-train", "csd-edit", "--load-dir", str(source / "nerfstudio_models")]
+        args += ["--load-step", str(SOURCE_STEPS - 1)]
         args += ["--output-dir", str(folder / "outputs"), "--max-num-iterations", str(EDIT_STEPS)]
         args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny"]
-        args += ["--pipeline.preview-every", "2", "--steps-per-save", "100"]
+        args += ["--pipeline.preview-every", "12", "--steps-per-save", str(SAVE_EVERY)]
+        args += ["--save-only-latest-checkpoint", "False"]
+        args += ["--pipeline.num-particles", "2", "--pipeline.render-resolution", "16"]  # small: 2-core CI
         args += CPU + QUIET
         proc = run_tool(args, base, cwd=folder)
         _check(proc, "ns-train csd-edit")
@@ -136,8 +130,9 @@ def build_pipeline(source: Path, **pipeline_options):
     """An in-process csd-edit pipeline (CPU, no prior loaded) with the source run's weights."""
     import copy
 
+    from csd_nerf.method_configs.csd_edit import csd_edit_method
+
     from csd_nerf.nerf.source import find_source, inherit_source_config, load_model_weights
-    from method_configs.csd_edit import csd_edit_method
 
     config = copy.deepcopy(csd_edit_method.config)
     config.load_dir = source / "nerfstudio_models"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from csd_nerf import media
-from csd_nerf.cli_2d import main
+from csd_nerf.media import io as media
+from csd_nerf.media.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -128,7 +128,7 @@ def test_same_seed_same_result_other_seed_other_result(panorama, tmp_path):
         (["--image-guidance-scale", "nan"], "image_guidance_scale = nan is out of range"),
         (["--t-min", "600"], "timestep range"),
         (["--steps", "0"], "steps = 0"),
-        (["--window", "16"], "smaller than one window of 128x128 px"),
+        (["--window", "0"], "use at least 1 latent pixel"),
         (["--model", "/no/such/model"], "does not exist"),
     ],
 )
@@ -136,32 +136,83 @@ def test_bad_settings_are_one_line_errors_and_write_nothing(panorama, tmp_path, 
     out = tmp_path / "out"
     assert _panorama_run(panorama, out, *extra) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
+    assert err.startswith("csd-edit-2d: error: ") and message in err and "\n" not in err and "Traceback" not in err
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
 def test_missing_and_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x89PNG not really")
-    for source, message in ((tmp_path / "missing.png", "does not exist"), (garbage, "cannot read image")):
+    for source, message in ((tmp_path / "missing.png", "does not exist"), (garbage, "not a readable image")):
         argv = ["panorama", "--input", str(source), "--output", str(tmp_path / "out"), "--prompt", "paint it"]
         assert main(argv + FAST) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and message in err and "\n" not in err
+        assert err.startswith("csd-edit-2d: error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_is_refused_unless_overwrite(panorama, tmp_path, capsys):
+def test_existing_output_is_refused_unless_overwrite_and_ours(panorama, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert _panorama_run(panorama, out) == 0
     assert _panorama_run(panorama, out) == 2
     assert "exists: pass --overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "mine"
-
-    assert _panorama_run(panorama, out, "--overwrite") == 0
-    assert (out / "edited.png").is_file() and not (out / "keep.txt").exists()
+    (out / "note.txt").write_text("an earlier result of ours, with a note in it")
+    assert _panorama_run(panorama, out, "--overwrite") == 0  # it holds our run.json: replaceable
+    assert (out / "edited.png").is_file() and not (out / "note.txt").exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_never_deletes_a_folder_of_the_users(panorama, tmp_path, capsys):
+    """The user's own folder survives --overwrite untouched; an empty folder may be used."""
+    mine = tmp_path / "thesis"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("four years of work")
+    (mine / "sub" / "data.csv").write_text("1,2,3")
+    assert _panorama_run(panorama, mine, "--overwrite") == 2
+    err = capsys.readouterr().err.strip()
+    assert "did not write" in err and "\n" not in err
+    assert (mine / "thesis.txt").read_text() == "four years of work" and (mine / "sub" / "data.csv").is_file()
+    assert sorted(p.name for p in mine.iterdir()) == ["sub", "thesis.txt"] and _leftovers(tmp_path) == []
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _panorama_run(panorama, empty, "--overwrite") == 0 and (empty / "run.json").is_file()
+
+
+def test_output_folders_get_the_users_umask(panorama, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        assert _panorama_run(panorama, tmp_path / "out") == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_16_bit_png_is_read_as_the_picture_it_is(tmp_path):
+    import cv2
+
+    ramp = np.linspace(0, 65535, 40 * 64).reshape(40, 64).astype(np.uint16)
+    grey, rgb = tmp_path / "grey16.png", tmp_path / "rgb16.png"
+    cv2.imwrite(str(grey), ramp)
+    cv2.imwrite(str(rgb), np.stack([ramp // 3, ramp // 2, ramp], axis=-1))  # OpenCV writes BGR
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    got = media.read_image(grey)
+    assert got.dtype == np.uint8 and np.abs(got[..., 0].astype(int) - expected).max() <= 1
+    assert 120 < got.mean() < 135  # not the near-white image 16-bit values clipped to 255 would give
+    colour = media.read_image(rgb)
+    assert np.abs(colour[..., 0].astype(int) - expected).max() <= 1  # red is the last OpenCV channel
+
+
+def test_an_internal_bug_is_not_disguised_as_a_user_error(panorama, tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr("csd_nerf.media.cli.run_edit", bug)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        _panorama_run(panorama, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
 def test_unwritable_output_and_output_over_input_are_refused(panorama, tmp_path, capsys):
@@ -183,7 +234,7 @@ def test_an_interrupted_run_leaves_nothing(panorama, tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("csd_nerf.cli_2d.run_edit", interrupt)
+    monkeypatch.setattr("csd_nerf.media.cli.run_edit", interrupt)
     assert _panorama_run(panorama, tmp_path / "out") == 130
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
@@ -192,10 +243,10 @@ def test_running_out_of_memory_is_a_one_line_error_with_a_fix(panorama, tmp_path
     def exhaust(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr("csd_nerf.cli_2d.run_edit", exhaust)
+    monkeypatch.setattr("csd_nerf.media.cli.run_edit", exhaust)
     assert _panorama_run(panorama, tmp_path / "out") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: out of memory") and "--num-particles" in err
+    assert err.startswith("csd-edit-2d: error: out of memory") and "--num-particles" in err
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from csd_nerf.csd import csd_gradient
-from csd_nerf.editor import CSDEditConfig, CSDEditor, ParticleSampler
-from csd_nerf.scenes.latent_set import LatentSetScene
+from csd_nerf.editor import CSDEditConfig, CSDEditor, ViewSampler
+from csd_nerf.media.latents import LatentSetScene
 
 
 def _scene(guidance, n: int = 4, seed: int = 0) -> LatentSetScene:
@@ -103,9 +103,9 @@ def test_prompt_change_takes_effect_at_the_next_step(tiny_guidance):
 
 
 def test_sampler_draws_every_particle_once_per_epoch():
-    sampler = ParticleSampler(10, torch.Generator().manual_seed(0))
+    sampler = ViewSampler(10, torch.Generator().manual_seed(0))
     draws = [sampler.draw(4) for _ in range(5)]
     assert all(len(set(d)) == 4 for d in draws)
     flat = [i for d in draws for i in d]
     assert sorted(flat[:10]) == list(range(10))
-    assert ParticleSampler(3, torch.Generator()).draw(8).__len__() == 3
+    assert ViewSampler(3, torch.Generator()).draw(8).__len__() == 3

@@ -83,7 +83,7 @@ def test_cli_json_matches_the_python_api(pair, tmp_path):
     src, edit = pair
     out = tmp_path / "eval.json"
     assert main(_args(src, edit, "--no-lpips", "--output", str(out))) == 0
-    from csd_nerf.eval.frames import load_frames
+    from csd_nerf.media.io import read_frames as load_frames
 
     result = evaluate(load_frames(src), load_frames(edit), "a photo", "a blue photo", load_clip("tiny", "cpu"))
     data = json.loads(out.read_text())
@@ -153,7 +153,7 @@ def test_load_lpips_turns_a_download_failure_into_a_reason(monkeypatch):
 
 
 def test_lpips_values_are_plumbed_per_frame_and_per_pair(pair):
-    from csd_nerf.eval.frames import load_frames
+    from csd_nerf.media.io import read_frames as load_frames
 
     src, edit = load_frames(pair[0]), load_frames(pair[1])
 
@@ -172,7 +172,7 @@ def test_lpips_values_are_plumbed_per_frame_and_per_pair(pair):
     ("mutate", "expected"),
     [
         (lambda s, e: (s, e / "000.png"), "6 frame(s) but --edited has 1"),
-        (lambda s, e: (s, e.parent / "missing"), "--edited: path does not exist"),
+        (lambda s, e: (s, e.parent / "missing"), "missing does not exist"),
         (lambda s, e: (s.parent / "big", e), "--source frames are 96x80 but --edited frames are 48x40"),
     ],
     ids=["count", "missing", "size"],
@@ -188,6 +188,57 @@ def test_input_errors_are_one_line_and_exit_2(pair, tmp_path, capsys, mutate, ex
     err = capsys.readouterr().err.strip()
     assert err.startswith("csd-eval: error:") and expected in err and "\n" not in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_existing_result_is_refused_without_overwrite_and_a_foreign_file_always(pair, tmp_path, capsys):
+    src, edit = pair
+    out = tmp_path / "eval.json"
+    assert main(_args(src, edit, "--no-lpips", "--output", str(out))) == 0
+    first = out.read_text()
+    assert main(_args(src, edit, "--no-lpips", "--output", str(out))) == 2
+    assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_text() == first
+    assert main(_args(src, edit, "--no-lpips", "--output", str(out), "--overwrite")) == 0
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    assert main(_args(src, edit, "--no-lpips", "--output", str(notes), "--overwrite")) == 2
+    assert "not a csd-eval result" in capsys.readouterr().err and notes.read_text() == '{"mine": true}'
+
+
+def test_an_unwritable_output_fails_before_any_work(pair, tmp_path, capsys, monkeypatch):
+    import csd_nerf.eval.clip as clip_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when the output cannot be written")
+
+    monkeypatch.setattr(clip_module, "load_clip", no_model)
+    src, edit = pair
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(_args(src, edit, "--no-lpips", "--output", str(blocker / "eval.json"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("csd-eval: error: cannot write --output") and "\n" not in err
+
+
+def test_a_write_failure_after_the_work_is_one_line(pair, tmp_path, capsys, monkeypatch):
+    import csd_nerf.eval.report as report
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_json", full_disk)
+    src, edit = pair
+    assert main(_args(src, edit, "--no-lpips", "--output", str(tmp_path / "eval.json"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tiny model's warning
+    assert err.startswith("csd-eval: error: cannot write") and "No space left" in err and "Traceback" not in err
+
+
+def test_a_zero_byte_video_is_one_short_line(pair, tmp_path, capsys):
+    src, _ = pair
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert main(_args(src, tmp_path / "empty.mp4", "--no-lpips", "--output", str(tmp_path / "x.json"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"csd-eval: error: cannot read video {tmp_path / 'empty.mp4'}: the file is empty"
 
 
 def test_size_mismatch_can_be_resampled(pair, tmp_path):

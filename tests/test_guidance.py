@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
+
 import pytest
 import torch
 
@@ -168,3 +173,41 @@ def test_folder_without_model_parts_names_what_is_missing(tmp_path):
 def test_images_must_fit_the_vae(tiny_guidance):
     with pytest.raises(ValueError, match="multiples of 8"):
         tiny_guidance.encode_source(torch.rand(1, 3, 30, 32))
+
+
+def test_latent_factor_is_read_from_the_vae_config(tiny_guidance):
+    assert tiny_guidance.latent_factor == 8 == 2 ** (len(tiny_guidance.vae.config.block_out_channels) - 1)
+    assert tiny_guidance.encode_images(torch.rand(1, 3, 24, 40)).shape[-2:] == (3, 5)
+
+
+def test_a_prompt_longer_than_clip_reads_warns_once(tiny_guidance):
+    long_prompt = "make the " + "very " * 90 + "red ball blue"
+    with pytest.warns(UserWarning, match="only the first 77") as record:
+        tiny_guidance.prompt_embeddings(long_prompt)
+        tiny_guidance.prompt_embeddings(long_prompt)  # cached: no second warning
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_guidance.prompt_embeddings("make it snowy")
+
+
+def test_offline_hub_id_is_one_clean_line_with_a_quoted_command(tmp_path):
+    """No hub deprecation warning before our message, and the suggested command can be pasted as is."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (90, 40, 20)).save(tmp_path / "p.png")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache: the id is certainly not there
+    args = ["panorama", "--input", str(tmp_path / "p.png"), "--output", str(tmp_path / "o"), "--prompt", "x"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "csd_nerf.media.cli", *args, "--model", "someone/ip2p-copy", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("csd-edit-2d: error:") and '"hf download someone/ip2p-copy --local-dir ip2p"' in lines[0]
+    assert not (tmp_path / "o").exists()

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from nerf_fixtures import CPU, EDIT_STEPS, QUIET, edited_run, run_tool, session_base, source_run
+import yaml
+from nerf_fixtures import (
+    BIN,
+    CPU,
+    EDIT_STEPS,
+    QUIET,
+    SAVE_EVERY,
+    edited_run,
+    run_tool,
+    session_base,
+    source_run,
+    synthetic_scene,
+    tool_env,
+)
 
 from csd_nerf.nerf.compat import load_checkpoint
 from csd_nerf.nerf.source import model_state_from_checkpoint
@@ -42,19 +58,46 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def _checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    return model_state_from_checkpoint(load_checkpoint(path))
+
+
 def test_ns_train_csd_edit_end_to_end(source, edited):
     checkpoints = sorted((edited / "nerfstudio_models").glob("step-*.ckpt"))
-    assert [c.name for c in checkpoints] == [f"step-{EDIT_STEPS - 1:09d}.ckpt"]  # the step count starts at 0
+    # The step count starts at 0: checkpoints every SAVE_EVERY steps, and the last step's.
+    assert [c.name for c in checkpoints] == [f"step-{SAVE_EVERY:09d}.ckpt", f"step-{EDIT_STEPS - 1:09d}.ckpt"]
     before, after = _weights(source), _weights(edited)
     assert set(after) == set(before) - {k for k in before if k.startswith("lpips.")}
     changed = [k for k in after if not torch.equal(after[k], before[k])]
     assert any(k.startswith("field.") for k in changed)
     assert torch.equal(after["camera_optimizer.pose_adjustment"], before["camera_optimizer.pose_adjustment"])
+    appearance = "field.embedding_appearance.embedding.weight"
+    assert torch.equal(after[appearance], before[appearance])  # frozen by default
     config = (edited / "config.yml").read_text()
-    assert "log2_hashmap_size: 12" in config and "hidden_dim: 16" in config  # read from the source's config.yml
-    assert sorted(p.name for p in (edited / "previews").glob("*.png")) == ["step-000000.png", "step-000002.png"]
+    assert "log2_hashmap_size: 13" in config and "hidden_dim: 16" in config  # read from the source's config.yml
+    assert sorted(p.name for p in (edited / "previews").glob("*.png")) == ["step-000000.png", "step-000012.png"]
     log = (edited.parent.parent.parent.parent / "stdout.txt").read_text()
-    assert "no meaningful edit" in log
+    assert "no meaningful edit" in log and "backprop auto ->" in log
+
+
+def test_proposal_networks_and_fields_keep_learning_past_the_warm_up(edited):
+    """Between the checkpoints of steps 12 and 23 (past nerfacto's 10-step warm-up) every proposal-network tensor
+    and the fields change: proposal sampling follows the edit instead of staying at the source geometry."""
+    middle = _checkpoint_weights(edited / "nerfstudio_models" / f"step-{SAVE_EVERY:09d}.ckpt")
+    last = _checkpoint_weights(edited / "nerfstudio_models" / f"step-{EDIT_STEPS - 1:09d}.ckpt")
+    proposal = [k for k in last if k.startswith("proposal_networks.")]
+    field = [k for k in last if k.startswith("field.") and "embedding_appearance" not in k]
+    assert len(proposal) >= 10 and len(field) >= 5
+    assert [k for k in proposal if torch.equal(middle[k], last[k])] == []
+    assert [k for k in field if torch.equal(middle[k], last[k])] == []
+
+
+def test_edited_config_names_its_own_checkpoints_not_the_sources(source, edited):
+    """An edit started with --load-step must not leave load_step in its config.yml, or stock ns-render looks for
+    that step in the edited run's folder."""
+    config = yaml.load((edited / "config.yml").read_text(), Loader=yaml.Loader)
+    assert config.load_dir is None and config.load_step is None and config.load_checkpoint is None
+    assert config.source_checkpoint == source / "nerfstudio_models" / "step-000000059.ckpt"
 
 
 def test_edited_checkpoint_loads_with_plain_torch(edited):
@@ -98,6 +141,68 @@ def test_rendering_an_edited_run_never_loads_the_prior(edited):
     proc = subprocess.run([sys.executable, "-c", code, str(edited / "config.yml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["True", "False"]
+
+
+def test_data_alone_edits_the_latest_source_run_of_that_data(base, source, tmp_path):
+    scene = synthetic_scene(base)
+    outputs = source.parent.parent.parent  # <output-dir>/<experiment>/nerfacto/<timestamp>
+    args = ["ns-train", "csd-edit", "--data", str(scene), "--output-dir", str(outputs), "--max-num-iterations", "1"]
+    args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny", "--experiment-name", "x"]
+    proc = run_tool(args + CPU + QUIET, base, cwd=tmp_path)
+    try:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        said = " ".join((proc.stdout + proc.stderr).split())
+        assert f"editing the latest nerfacto run of {scene}" in said and "--load-dir chooses another" in said
+        edited = list((outputs / "x" / "csd-edit").glob("*/config.yml"))
+        assert len(edited) == 1
+        config = yaml.load(edited[0].read_text(), Loader=yaml.Loader)
+        assert config.source_checkpoint.parent == source / "nerfstudio_models"
+    finally:
+        shutil.rmtree(outputs / "x", ignore_errors=True)  # never leave a second run beside the source's
+
+
+def test_data_without_a_trained_run_says_to_train_it_first(base, tmp_path):
+    scene = synthetic_scene(base)
+    args = ["ns-train", "csd-edit", "--data", str(scene), "--output-dir", str(tmp_path / "outputs")]
+    proc = run_tool(args + ["--pipeline.prompt", "x"] + CPU + QUIET, base, cwd=tmp_path)
+    line = _one_line_error(proc)
+    assert f"train it first (ns-train nerfacto --data {scene})" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_load_dir_without_config_and_data_is_one_line_before_anything_is_written(base, source, tmp_path):
+    models = tmp_path / "copied" / "nerfstudio_models"
+    shutil.copytree(source / "nerfstudio_models", models)  # no config.yml next to it
+    args = ["ns-train", "csd-edit", "--load-dir", str(models), "--pipeline.prompt", "x"]
+    proc = run_tool(args + ["--output-dir", str(tmp_path / "outputs")] + CPU + QUIET, base, cwd=tmp_path)
+    line = _one_line_error(proc)
+    assert "no config.yml next to" in line and "pass --data" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_ctrl_c_keeps_the_finished_steps_and_exits_130(base, source, tmp_path):
+    args = [str(BIN / "ns-train"), "csd-edit", "--load-dir", str(source / "nerfstudio_models")]
+    args += ["--output-dir", str(tmp_path / "outputs"), "--max-num-iterations", "500", "--steps-per-save", "400"]
+    args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny"]
+    args += ["--pipeline.preview-every", "1"] + CPU + QUIET
+    proc = subprocess.Popen(args, cwd=tmp_path, env=tool_env(base), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob("outputs/*/csd-edit/*/previews/step-000003.png")):  # step 3 has started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("csd-edit: interrupted after")]
+    assert len(lines) == 1 and "saved" in lines[0], stderr[-3000:]
+    saved = Path(lines[0].split("saved ", 1)[1])
+    assert saved.is_file() and int(saved.stem.split("-")[1]) >= 2
+    assert _checkpoint_weights(saved)  # complete and readable
 
 
 def test_missing_checkpoint_is_a_one_line_error(base, tmp_path):

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from csd_nerf.errors import SettingError
 from nerf_fixtures import build_pipeline, session_base, source_run, synthetic_scene
 
 from csd_nerf.nerf.compat import load_checkpoint, to_builtin
-from csd_nerf.nerf.errors import CSDEditError
 from csd_nerf.nerf.source import (
     SourceError,
     cli_overrides,
@@ -55,45 +55,73 @@ def test_synthetic_scene_is_nerfstudio_format(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "size, cap, expected",
-    [((1080, 1920), 512, (288, 512)), ((32, 32), 512, (32, 32)), ((60, 90), 0, (64, 88)), ((3, 5), 512, (8, 8))],
+    "size, cap, factor, expected",
+    [
+        ((1080, 1920), 512, 8, (288, 512)),
+        ((32, 32), 512, 8, (32, 32)),
+        ((60, 90), 0, 8, (64, 88)),
+        ((3, 5), 512, 8, (8, 8)),
+        ((60, 90), 0, 16, (64, 96)),
+    ],
 )
-def test_render_size_caps_long_side_and_snaps_to_multiples_of_8(size, cap, expected):
-    assert render_size(*size, cap) == expected
+def test_render_size_caps_long_side_and_snaps_to_the_latent_factor(size, cap, factor, expected):
+    assert render_size(*size, cap, factor) == expected
 
 
 # --- deferred backpropagation ----------------------------------------------------------------------------------
 
 
-def _parameter_grads(pipeline, tiny_guidance, backprop: str, upstream: torch.Tensor, ids: list[int]):
+def _advance_to(model, step: int, since_update: int) -> None:
+    """Put the model's proposal schedule where a run is at ``step``, ``since_update`` steps after its last update,
+    through the same callback the trainer runs after every iteration."""
+    sampler = model.proposal_sampler
+    sampler._steps_since_update = since_update - 1
+    sampler.step_cb(step - 1)
+
+
+def _parameter_grads(pipeline, guidance, backprop: str, upstream: torch.Tensor, ids: list[int], at=(0, 0)):
     from csd_nerf.nerf.deferred import ViewRenderer
-    from csd_nerf.nerf.particles import NerfParticles
+    from csd_nerf.nerf.scene import NerfScene
     from csd_nerf.nerf.views import TrainViews
 
     model = pipeline.model
     model.train()
     model.zero_grad(set_to_none=True)
-    views = TrainViews(pipeline.datamanager.train_dataset, 32)
+    _advance_to(model, *at)
+    views = TrainViews(pipeline.datamanager.train_dataset, 32, guidance.latent_factor)
     # 300-ray chunks do not divide 32x32 images: chunk boundaries fall inside views.
     renderer = ViewRenderer(model, views.cameras, chunk=300)
-    particles = NerfParticles(renderer, views, tiny_guidance, backprop=backprop, preservation_weight=0.5, seed=3)
-    latents = particles.latents(ids)
-    latents.backward(gradient=upstream)
-    timings = particles.backpropagate()
+    scene = NerfScene(renderer, views, guidance, backprop=backprop, preservation_weight=0.5, seed=3)
+    latents = scene.latents(ids)
+    losses = scene.backward(latents, upstream)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return grads, particles.last_renders, timings.losses
+    return grads, scene.last_renders, losses, model.proposal_sampler._steps_since_update
 
 
-def test_deferred_backprop_matches_direct_backprop(pipeline, tiny_guidance):
+@pytest.mark.parametrize(
+    "at, proposals_learn",
+    [((0, 0), True), ((1500, 40), True), ((1500, 1), False)],
+    ids=["first-step", "step-1500-update-due", "step-1500-no-update"],
+)
+def test_deferred_backprop_matches_direct_backprop(pipeline, tiny_guidance, at, proposals_learn):
+    """Same gradients in every parameter, at the start and far into a run, on steps that do and do not update
+    nerfacto's proposal networks; when an update is due, every re-rendered chunk trains them."""
     ids = [0, 5]
     upstream = torch.randn(len(ids), 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    direct, renders_direct, losses_direct = _parameter_grads(pipeline, tiny_guidance, "direct", upstream, ids)
-    deferred, renders_deferred, losses_deferred = _parameter_grads(pipeline, tiny_guidance, "deferred", upstream, ids)
+    direct, renders_direct, losses_direct, since_d = _parameter_grads(
+        pipeline, tiny_guidance, "direct", upstream, ids, at
+    )
+    deferred, renders_deferred, losses_deferred, since_f = _parameter_grads(
+        pipeline, tiny_guidance, "deferred", upstream, ids, at
+    )
     torch.testing.assert_close(renders_deferred, renders_direct)
     assert set(direct) == set(deferred) and len(direct) > 5
     for name in direct:
         torch.testing.assert_close(deferred[name], direct[name], rtol=1e-4, atol=1e-5, msg=name)
-    assert any(g.abs().sum() > 0 for g in direct.values())
+    proposal = {n: g for n, g in deferred.items() if n.startswith("proposal_networks.")}
+    assert bool(proposal) == proposals_learn and all(g.abs().sum() > 0 for g in proposal.values())
+    assert any(g.abs().sum() > 0 for n, g in deferred.items() if n.startswith("field."))
+    assert since_d == since_f == (0 if proposals_learn else at[1])  # the update is spent once per step
     assert set(losses_direct) == set(losses_deferred) >= {"interlevel_loss", "distortion_loss", "preservation_loss"}
     for name in losses_direct:
         assert losses_deferred[name] == pytest.approx(losses_direct[name], rel=1e-4)
@@ -121,7 +149,7 @@ def test_plugin_import_lets_plain_torch_load_read_stock_checkpoints(source):
     code = (
         "import sys, torch\n"
         "try:\n    torch.load(sys.argv[1], weights_only=True)\nexcept Exception:\n    print('refused')\n"
-        "import method_configs.csd_edit\n"
+        "import csd_nerf.method_configs.csd_edit\n"
         "torch.load(sys.argv[1], weights_only=True)\nprint('loaded')\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(_checkpoint(source))], capture_output=True, text=True)
@@ -160,10 +188,14 @@ def test_tcnn_checkpoint_on_torch_model_says_which_implementation(source, pipeli
         load_model_weights(pipeline.model, tmp_path / "tcnn.ckpt")
 
 
-def test_unreadable_checkpoint(tmp_path, pipeline):
+def test_unreadable_checkpoint(tmp_path, pipeline, source):
     (tmp_path / "step-000000001.ckpt").write_text("not a checkpoint")
-    with pytest.raises(SourceError, match="cannot read checkpoint"):
-        load_model_weights(pipeline.model, tmp_path / "step-000000001.ckpt")
+    truncated = tmp_path / "step-000000002.ckpt"
+    truncated.write_bytes(_checkpoint(source).read_bytes()[:5000])
+    for path in (tmp_path / "step-000000001.ckpt", truncated):
+        with pytest.raises(SourceError, match="not a valid checkpoint \\(corrupt or truncated\\)") as info:
+            load_model_weights(pipeline.model, path)
+        assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 # --- the source run ------------------------------------------------------------------------------------------------
@@ -172,6 +204,8 @@ def test_unreadable_checkpoint(tmp_path, pipeline):
 def test_find_source_errors(tmp_path, source):
     with pytest.raises(SourceError, match="--load-dir outputs/"):
         find_source(None, None, None)
+    with pytest.raises(SourceError, match="train it first \\(ns-train nerfacto --data"):
+        find_source(None, None, None, data=tmp_path, output_dir=tmp_path)
     with pytest.raises(SourceError, match="is not a folder"):
         find_source(tmp_path / "missing", None, None)
     with pytest.raises(SourceError, match="no checkpoint"):
@@ -185,14 +219,14 @@ def test_find_source_errors(tmp_path, source):
 def test_cli_flags_win_over_the_source_config(source):
     import copy
 
-    from method_configs.csd_edit import csd_edit_method
+    from csd_nerf.method_configs.csd_edit import csd_edit_method
 
     run = find_source(source / "nerfstudio_models", None, None)
     config = copy.deepcopy(csd_edit_method.config)
     config.pipeline.model.hidden_dim = 99
     changed = inherit_source_config(config, run, argv=["--pipeline.model.hidden-dim", "99", "--data", "x"])
     assert config.pipeline.model.hidden_dim == 99  # given on the command line
-    assert config.pipeline.model.log2_hashmap_size == 12 and "log2_hashmap_size" in changed  # from config.yml
+    assert config.pipeline.model.log2_hashmap_size == 13 and "log2_hashmap_size" in changed  # from config.yml
     assert (
         config.pipeline.model.eval_num_rays_per_chunk == csd_edit_method.config.pipeline.model.eval_num_rays_per_chunk
     )
@@ -207,7 +241,7 @@ def test_cli_overrides_parsing():
 def test_source_of_another_method_is_refused(source):
     import copy
 
-    from method_configs.csd_edit import csd_edit_method
+    from csd_nerf.method_configs.csd_edit import csd_edit_method
 
     run = find_source(source / "nerfstudio_models", None, None)
     run.config = copy.deepcopy(run.config)
@@ -221,26 +255,28 @@ def test_source_of_another_method_is_refused(source):
 def test_cuda_default_on_a_cpu_machine_names_the_cpu_flags(source):
     import copy
 
+    from csd_nerf.method_configs.csd_edit import csd_edit_method
+
     from csd_nerf.nerf.trainer import resolve_source
-    from method_configs.csd_edit import csd_edit_method
 
     config = copy.deepcopy(csd_edit_method.config)
     config.load_dir = source / "nerfstudio_models"
     config.pipeline.prompt = "Make it snowy"
-    with pytest.raises(CSDEditError, match="--machine.device-type cpu"):
+    with pytest.raises(SettingError, match="--machine.device-type cpu"):
         resolve_source(config)
 
 
 def test_empty_prompt_is_a_clear_error(source):
     import copy
 
+    from csd_nerf.method_configs.csd_edit import csd_edit_method
+
     from csd_nerf.nerf.trainer import resolve_source
-    from method_configs.csd_edit import csd_edit_method
 
     config = copy.deepcopy(csd_edit_method.config)
     config.load_dir = source / "nerfstudio_models"
     config.machine.device_type = "cpu"
-    with pytest.raises(CSDEditError, match="--pipeline.prompt"):
+    with pytest.raises(SettingError, match="--pipeline.prompt"):
         resolve_source(config)
     config.pipeline.model.prompt = "Make it snowy"  # where nerfstudio's --prompt alias puts it
     resolve_source(config)
@@ -257,11 +293,11 @@ def test_viewer_controls_apply_valid_values_and_ignore_bad_ones(pipeline):
         config=CSDEditConfig(prompt="a"), guidance=SimpleNamespace(num_train_timesteps=1000)
     )
     try:
-        pipeline.viewer_prompt.value = "Make it snowy"
-        pipeline.viewer_guidance_scale.value = 10.0
+        pipeline.controls.prompt.value = "Make it snowy"
+        pipeline.controls.guidance_scale.value = 10.0
         pipeline._apply_viewer_controls()
         assert pipeline.editor.config.prompt == "Make it snowy" and pipeline.editor.config.guidance_scale == 10.0
-        pipeline.viewer_prompt.value = "   "
+        pipeline.controls.prompt.value = "   "
         pipeline._apply_viewer_controls()
         assert pipeline.editor.config.prompt == "Make it snowy"
     finally:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from csd_nerf.apps_2d import PanoramaJob
 from csd_nerf.editor import CSDEditConfig, CSDEditor
-from csd_nerf.scenes.encoding import decode, encode_sources, use_tiling
-from csd_nerf.scenes.panorama import PanoramaScene, count_map, window_grid, window_offsets
+from csd_nerf.media.encoding import decode, encode_sources, use_tiling
+from csd_nerf.media.jobs import PanoramaJob, panorama_working_size
+from csd_nerf.media.panorama import PanoramaScene, count_map, window_grid, window_offsets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,17 +74,31 @@ def test_windows_are_views_of_one_canvas_and_of_the_cached_source():
     assert torch.equal(scene.latents(ids)[1], z[0, :, top : top + 8, left : left + 8] + 1.0)
 
 
-def test_an_image_smaller_than_one_window_is_refused():
+def test_a_canvas_smaller_than_one_window_is_refused():
     with pytest.raises(ValueError, match="smaller than one window"):
         PanoramaScene(*_canvas(7, 40), window=8, stride=4)
-    with pytest.raises(ValueError, match="smaller than one window of 512x512 px"):
-        PanoramaJob(np.zeros((500, 2000, 3), np.uint8))
 
 
-def test_job_rounds_sides_to_multiples_of_eight():
-    job = PanoramaJob(np.zeros((70, 150, 3), np.uint8), window=8, stride=4)
-    assert job.working.shape == (72, 152, 3)
-    assert job.size == (150, 70)
+@pytest.mark.parametrize(
+    "size, window_px, expected",
+    [
+        ((150, 70), 64, (152, 72)),  # large enough: its own size, snapped to multiples of 8
+        ((1112, 400), 512, (1424, 512)),  # short side below one window: enlarged with the aspect kept
+        ((400, 1112), 512, (512, 1424)),
+        ((100, 100), 512, (512, 512)),
+        ((2048, 512), 512, (2048, 512)),
+    ],
+)
+def test_working_size_is_snapped_and_holds_one_window(size, window_px, expected):
+    assert panorama_working_size(*size, window_px, 8) == expected
+
+
+def test_a_panorama_smaller_than_one_window_is_edited_at_one_window_and_written_back(tiny_guidance):
+    job = PanoramaJob(np.full((20, 45, 3), 90, np.uint8), window=8, stride=4)  # tiny VAE: factor 8, window 64 px
+    scene = job.build_scene(tiny_guidance)
+    assert job.working.shape == (64, 144, 3) and (scene.height, scene.width) == (8, 18)
+    assert job.render(tiny_guidance, scene).shape == (20, 45, 3)
+    assert job.info(scene)["working_size"] == [144, 64] and job.size == (45, 20)
 
 
 def test_vae_tiling_keeps_the_latent_geometry_at_tiny_size(tiny_guidance):

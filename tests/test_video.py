@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from csd_nerf import media
-from csd_nerf.apps_2d import VideoJob
-from csd_nerf.edit_2d import OptimConfig, run_edit
 from csd_nerf.editor import CSDEditConfig, CSDEditor
-from csd_nerf.scenes.video import VideoScene, working_size
+from csd_nerf.media import io as media
+from csd_nerf.media.jobs import VideoJob
+from csd_nerf.media.optimise import OptimConfig, run_edit
+from csd_nerf.media.video import VideoScene, working_size
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,14 +28,15 @@ def _frames(count: int = 8, height: int = 48, width: int = 64) -> np.ndarray:
     return np.stack([r, g, b], axis=-1).astype(np.uint8)
 
 
-def test_working_size_keeps_aspect_on_multiples_of_eight():
-    assert working_size(1920, 1080) == (512, 288)
-    assert working_size(1080, 1920) == (288, 512)
-    assert working_size(512, 512) == (512, 512)
-    assert working_size(97, 65, long_side=64) == (64, 40)
-    assert working_size(1000, 10, long_side=64) == (64, 8)  # never below one latent pixel
+def test_working_size_keeps_aspect_on_multiples_of_the_latent_factor():
+    assert working_size(1920, 1080, 512, 8) == (512, 288)
+    assert working_size(1080, 1920, 512, 8) == (288, 512)
+    assert working_size(512, 512, 512, 8) == (512, 512)
+    assert working_size(97, 65, 64, 8) == (64, 40)
+    assert working_size(1000, 10, 64, 8) == (64, 8)  # never below one latent pixel
+    assert working_size(97, 65, 64, 16) == (64, 48)
     with pytest.raises(ValueError):
-        working_size(64, 64, long_side=4)
+        working_size(64, 64, 4, 8)
 
 
 @pytest.mark.parametrize(("size", "fps"), [((64, 48), Fraction(12)), ((65, 49), Fraction(30000, 1001))])
@@ -89,8 +90,8 @@ def test_unreadable_and_inconsistent_inputs_are_one_line_errors(tmp_path):
 
 def test_job_resizes_frames_to_the_working_size_and_back(tiny_guidance):
     job = VideoJob(media.Video(_frames(4, 49, 65), Fraction(10), "file"), long_side=32)
-    assert job.working.shape == (4, 24, 32, 3)
     scene = job.build_scene(tiny_guidance)
+    assert job.working.shape == (4, 24, 32, 3)
     assert scene.parameter.shape == (4, 4, 3, 4)
     assert job.render(tiny_guidance, scene).shape == (4, 49, 65, 3)
 

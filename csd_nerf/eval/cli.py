@@ -8,20 +8,24 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from csd_nerf.errors import UserError, first_line
 from csd_nerf.eval.clip import DEFAULT_CLIP_MODEL
-from csd_nerf.eval.errors import EvalError
+from csd_nerf.eval.errors import EvalInputError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from csd_nerf.eval.evaluate import EvalResult
 
-__all__ = ["build_parser", "default_output", "summary_table", "main", "entrypoint"]
+__all__ = ["build_parser", "default_output", "check_output", "summary_table", "main", "entrypoint"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", default=None, help="JSON path; the plot goes next to it as .png (default: <edited>_eval.json)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier csd-eval result at --output")
     p.add_argument("--batch-size", type=int, default=16, help="frames per CLIP forward pass (default 16)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as unavailable)")
     p.add_argument(
@@ -62,6 +67,47 @@ def default_output(edited: str | Path) -> Path:
     e = Path(edited).expanduser()
     name = e.name if e.is_dir() else e.stem
     return e.parent / f"{name or 'edited'}_eval.json"
+
+
+def _is_our_result(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "csd-eval"
+
+
+def check_output(output: Path, overwrite: bool) -> Path:
+    """Check before any work that the JSON (and the plot beside it) can be written; returns the plot's path.
+
+    Refuses an existing result unless ``overwrite``, and never replaces a file csd-eval did not write.
+    """
+    from csd_nerf.eval.report import plot_path_for
+
+    if output.suffix.lower() != ".json":
+        raise EvalInputError(f"--output must end in .json (the plot is written next to it as .png), got {output}")
+    plot = plot_path_for(output)
+    for path in (output, plot):
+        if path.is_dir():
+            raise EvalInputError(f"--output: {path} is a folder: pass a .json file path")
+    if output.exists() or plot.exists():
+        if not overwrite:
+            raise EvalInputError(f"{output} (or its plot {plot.name}) exists: pass --overwrite to replace it")
+        if output.exists() and not _is_our_result(output):
+            raise EvalInputError(f"{output} is not a csd-eval result: --overwrite only replaces those; choose another")
+        if plot.exists() and not output.exists():
+            raise EvalInputError(f"{plot} exists and is not beside a csd-eval result: choose another --output")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".csd-eval-", delete=True):
+            pass
+    except OSError as exc:
+        raise EvalInputError(
+            f"cannot write --output {output} ({exc.strerror or first_line(exc)}): choose a writable location"
+        ) from None
+    if output.exists() and not os.access(output, os.W_OK):
+        raise EvalInputError(f"cannot write --output {output} (read-only file): choose another")
+    return plot
 
 
 def _fmt(value: float | None) -> str:
@@ -88,11 +134,11 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from csd_nerf.eval.clip import load_clip, quiet_hub_logging, resolve_device
-    from csd_nerf.eval.errors import EvalInputError
     from csd_nerf.eval.evaluate import check_captions, evaluate
-    from csd_nerf.eval.frames import check_pair, load_frames, resize_frames
+    from csd_nerf.eval.frames import check_pair, resize_frames
     from csd_nerf.eval.lpips import load_lpips
-    from csd_nerf.eval.report import plot_path_for, plot_per_frame, result_to_dict, write_json
+    from csd_nerf.eval.report import plot_per_frame, result_to_dict, write_json
+    from csd_nerf.media.io import read_frames
 
     out = Console(quiet=args.quiet)
     err = Console(stderr=True)
@@ -101,14 +147,13 @@ def _run(args: argparse.Namespace) -> int:
     # Cheap checks first: a typo should not cost a model load.
     check_captions(args.source_caption, args.target_caption)
     device = resolve_device(args.device)
-    source = load_frames(args.source, "--source")
-    edited = load_frames(args.edited, "--edited")
+    output = Path(args.output).expanduser() if args.output else default_output(args.edited)
+    plot = check_output(output, args.overwrite)
+    source = read_frames(args.source, "--source")
+    edited = read_frames(args.edited, "--edited")
     if args.resize_edited and source.shape[0] == edited.shape[0]:
         edited = resize_frames(edited, source.shape[1], source.shape[2])
     check_pair(source, edited)
-    output = Path(args.output).expanduser() if args.output else default_output(args.edited)
-    if output.suffix.lower() != ".json":
-        raise EvalInputError(f"--output must end in .json (the plot is written next to it as .png), got {output}")
 
     quiet_hub_logging()
     with out.status(f"loading CLIP {args.clip_model} on {device}"):
@@ -134,8 +179,11 @@ def _run(args: argparse.Namespace) -> int:
         "resized_edited": bool(args.resize_edited),
         "device": str(device),
     }
-    json_path = write_json(result_to_dict(result, inputs), output)
-    png_path = plot_per_frame(result, plot_path_for(output))
+    try:
+        json_path = write_json(result_to_dict(result, inputs), output)
+        png_path = plot_per_frame(result, plot)
+    except OSError as exc:
+        raise EvalInputError(f"cannot write {output} ({exc.strerror or first_line(exc)})") from None
 
     out.print(summary_table(result))
     for w in result.warnings:
@@ -152,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except EvalError as err:
+    except UserError as err:
         print(f"csd-eval: error: {err}", file=sys.stderr)
         return 2
 

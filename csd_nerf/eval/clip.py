@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from csd_nerf.errors import first_line
 from csd_nerf.eval.errors import ClipLoadError, EvalInputError
 from csd_nerf.eval.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, ensure_tiny_clip
 
@@ -59,10 +60,7 @@ def _features(out: Any) -> torch.Tensor:
 
 
 def _first_line(err: BaseException, limit: int = 240) -> str:
-    text = str(err).strip().splitlines()
-    line = text[0] if text else ""
-    line = line if len(line) <= limit else line[: limit - 3] + "..."
-    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+    return f"{type(err).__name__}: {first_line(err, limit)}"
 
 
 @dataclass

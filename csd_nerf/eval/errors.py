@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from csd_nerf.errors import UserError
+
 __all__ = ["EvalError", "EvalInputError", "ClipLoadError"]
 
 
-class EvalError(Exception):
+class EvalError(UserError):
     """Base of the harness's user-facing errors; ``str(err)`` is a single line that says how to fix it."""
-
-    def __init__(self, message: str) -> None:
-        # Collapse any multi-line cause into one line: the CLI promises exactly one line on stderr.
-        super().__init__(" ".join(message.split()))
 
 
 class EvalInputError(EvalError):
-    """The inputs cannot be evaluated: a missing path, unreadable frames, mismatched counts or sizes, bad captions."""
+    """The inputs cannot be evaluated: mismatched counts or sizes, bad captions, an unusable output path."""
 
 
 class ClipLoadError(EvalError):

@@ -1,16 +1,22 @@
-"""InstructPix2Pix guidance: prompt embeddings, source encodings and batched CSD-Edit residuals (DESIGN §1 step 3)."""
+"""InstructPix2Pix guidance: prompt embeddings, source encodings and batched CSD-Edit residuals.
+
+The residual is CSD-Edit's (Kim et al. 2023, Eq. 9; ``docs/DESIGN.md`` §1 step 3): the instruction-guided noise
+estimate of the view minus the image-conditional estimate of its source, under the same timestep and noise.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from csd_nerf.guidance.loading import DEFAULT_MODEL, IP2PComponents, load_ip2p_components, resolve_dtype
+from csd_nerf.guidance.components import IP2PComponents
+from csd_nerf.guidance.loading import DEFAULT_MODEL, load_ip2p_components, resolve_dtype
 from csd_nerf.guidance.tiny import TINY_MODEL_NAME, TINY_NOTICE
 
 Baseline = Literal["image", "noise"]
@@ -79,6 +85,8 @@ class IP2PGuidance:
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        # Each VAE down block but the last halves the image: diffusers' ``vae_scale_factor`` (8 for SD).
+        self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.stats = GuidanceStats()
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
@@ -107,6 +115,7 @@ class IP2PGuidance:
     def prompt_embeddings(self, prompt: str) -> torch.Tensor:
         """CLIP text embeddings ``[1, L, D]`` of ``prompt`` (``""`` is the unconditional one), cached per text."""
         if prompt not in self._prompt_cache:
+            self._warn_if_truncated(prompt)
             tokens = self.tokenizer(
                 [prompt],
                 padding="max_length",
@@ -118,11 +127,24 @@ class IP2PGuidance:
             self._prompt_cache[prompt] = hidden.to(self.dtype)
         return self._prompt_cache[prompt]
 
+    def _warn_if_truncated(self, prompt: str) -> None:
+        """CLIP sees at most ``model_max_length`` tokens (77, start and end included): say so once per prompt."""
+        limit = self.tokenizer.model_max_length
+        count = len(self.tokenizer(prompt, truncation=False).input_ids)
+        if count > limit:
+            warnings.warn(
+                f"the prompt has {count} tokens and CLIP reads only the first {limit}: the rest is ignored "
+                f"(shorten it to keep every word)",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
-        if images.shape[-1] % 8 or images.shape[-2] % 8:
-            raise ValueError(f"image sides must be multiples of 8 for the VAE, got {tuple(images.shape[-2:])}")
+        factor = self.latent_factor
+        if images.shape[-1] % factor or images.shape[-2] % factor:
+            raise ValueError(f"image sides must be multiples of {factor} for the VAE, got {tuple(images.shape[-2:])}")
 
     def _latent_dist(self, images: torch.Tensor):
         self._check_images(images)
@@ -135,8 +157,14 @@ class IP2PGuidance:
         return self._latent_dist(images).mode().float() * self.scaling_factor
 
     @torch.no_grad()
-    def encode_source(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source latents ``zs`` and IP2P image conditioning ``c`` of images in ``[0, 1]`` (float32, no graph)."""
+    def encode_source(
+        self, images: torch.Tensor, views: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source latents ``zs`` and IP2P image conditioning ``c`` of images in ``[0, 1]`` (float32, no graph).
+
+        ``views`` names the views the images are of; IP2P conditions on the image alone and ignores it (a
+        view-aware prior, such as the known-answer test prior, needs it).
+        """
         mode = self._latent_dist(images).mode().float()
         latents = mode * self.scaling_factor
         return latents, latents.clone() if self.config.reference_conditioning else mode

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shlex
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from csd_nerf.guidance.errors import GuidanceLoadError
+from csd_nerf.errors import SettingError, UserError, first_line
+from csd_nerf.guidance.components import IP2PComponents
 from csd_nerf.guidance.tiny import TINY_MODEL_NAME, tiny_ip2p_path
 
+__all__ = ["DEFAULT_MODEL", "GuidanceLoadError", "load_ip2p_components", "parse_dtype", "resolve_dtype"]
+
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+"""The InstructPix2Pix every editing plugin uses; the one place this id is written."""
 _SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class IP2PComponents:
-    """The parts of IP2P that score distillation needs (no safety checker, no sampler loop)."""
-
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
-    source: str
+class GuidanceLoadError(UserError):
+    """The diffusion prior could not be loaded; the message says how to fix it."""
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -33,7 +31,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
+        raise SettingError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -65,9 +63,27 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the hub client while loading: its retries and the deprecation warnings diffusers triggers in it
+    would otherwise bury our one-line message."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="huggingface_hub")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
 def _fix_hint(model: str) -> str:
+    command = shlex.join(["hf", "download", model, "--local-dir", "ip2p"])
     return (
-        f"download it once on a connected machine (`hf download {model} --local-dir ip2p`) and pass that folder, "
+        f'download it once on a connected machine with "{command}" and pass that folder, '
         f"or use model 'tiny' for an offline smoke run"
     )
 
@@ -84,7 +100,6 @@ def load_ip2p_components(model: str, device: str | torch.device = "cpu", dtype: 
         GuidanceLoadError: with a one-line message saying how to fix it.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch_dtype = parse_dtype(dtype)
@@ -121,30 +136,26 @@ def load_ip2p_components(model: str, device: str | torch.device = "cpu", dtype: 
             source=model,
         )
 
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # the hub client's retries would bury our one-line message
     try:
-        try:
-            parts = load_all(local_files_only=True)
-        except Exception:
-            if local:
-                raise
-            if not _hub_reachable():
-                raise GuidanceLoadError(
-                    f"InstructPix2Pix {model!r} is not in the local Hugging Face cache and the Hub cannot be reached "
-                    f"(offline?): {_fix_hint(model)}"
-                ) from None
-            parts = load_all(local_files_only=False)
+        with _quiet_hub():
+            try:
+                parts = load_all(local_files_only=True)
+            except Exception:
+                if local:
+                    raise
+                if not _hub_reachable():
+                    raise GuidanceLoadError(
+                        f"InstructPix2Pix {model!r} is not in the local Hugging Face cache and the Hub cannot be "
+                        f"reached (offline?): {_fix_hint(model)}"
+                    ) from None
+                parts = load_all(local_files_only=False)
     except GuidanceLoadError:
         raise
     except Exception as exc:  # diffusers/transformers/hub raise many types; all mean "not loadable"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = "the local folder" if local else "the Hugging Face Hub or its local cache"
         raise GuidanceLoadError(
-            f"cannot load InstructPix2Pix {model!r} from {where} ({reason[:160]}): {_fix_hint(model)}"
+            f"cannot load InstructPix2Pix {model!r} from {where} ({first_line(exc, 160)}): {_fix_hint(model)}"
         ) from exc
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
 
     for net in (parts.unet, parts.vae, parts.text_encoder):
         net.to(device)

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from csd_nerf.guidance.loading import IP2PComponents
+from csd_nerf.guidance.components import IP2PComponents
 
 Preset = Literal["tiny", "mid", "ip2p"]
 

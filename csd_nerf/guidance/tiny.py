@@ -1,4 +1,4 @@
-"""A miniature InstructPix2Pix with the real diffusers/transformers architecture and random weights.
+"""A miniature InstructPix2Pix: the ``tiny`` random-weight preset, saved to disk as a diffusers pipeline.
 
 It is written with ``save_pretrained`` once per cache folder and then loaded through the same
 ``from_pretrained`` path as a real model, so offline runs and tests exercise the user's code path.
@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from csd_nerf.cache import build_once, cache_root
+from csd_nerf.guidance.components import IP2PComponents
+from csd_nerf.guidance.presets import build_components
 
 TINY_MODEL_NAME = "tiny"
 TINY_NOTICE = (
@@ -24,10 +26,8 @@ def tiny_ip2p_path() -> Path:
     return build_once(cache_root() / f"tiny-ip2p-{_TINY_VERSION}", "model_index.json", build_tiny_ip2p)
 
 
-def tiny_components(seed: int = 0):
-    """The miniature model's parts (random init): UNet, VAE, text encoder, tokenizer, scheduler."""
-    from csd_nerf.guidance.presets import build_components
-
+def tiny_components(seed: int = 0) -> IP2PComponents:
+    """The miniature model's parts (random init): the ``tiny`` preset."""
     return build_components("tiny", seed=seed)
 
 

@@ -9,7 +9,7 @@ states ("Unsupported global: numpy.core.multiarray.scalar"). Two remedies, both 
   ``ns-export`` and ``ns-train --load-dir`` read stock checkpoints again.
 * :func:`to_builtin` turns numpy scalars into Python numbers, so the checkpoints we write need no extra globals.
 
-Only ``torch`` and ``numpy`` are imported here: this module is loaded by every ``ns-*`` command.
+Only ``torch``, ``numpy`` and our error base are imported here: this module is loaded by every ``ns-*`` command.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from csd_nerf.errors import UserError
+
 __all__ = ["register_safe_globals", "to_builtin", "load_checkpoint", "CheckpointError"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint cannot be read; the message is one line that names the fix."""
 
 
@@ -86,9 +88,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint we can read"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's own message advises weights_only=False, which is no fix for a damaged file.
+        kind = "it holds objects nerfstudio checkpoints do not" if "Unsupported global" in str(exc) else None
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({reason[:200]}): pass a checkpoint written by ns-train"
+            f"cannot read checkpoint {path}: not a valid checkpoint ({kind or 'corrupt or truncated'}): "
+            f"pass one written by ns-train"
         ) from None
     if not isinstance(state, dict) or "pipeline" not in state:
         raise CheckpointError(

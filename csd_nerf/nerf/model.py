@@ -1,4 +1,5 @@
-"""nerfacto for editing: no LPIPS download at construction, frozen camera poses, settled proposal sampling."""
+"""nerfacto for editing: no LPIPS download at construction, frozen camera poses and appearance, settled and
+explicitly scheduled proposal sampling."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -64,14 +66,21 @@ class CSDNerfactoModelConfig(NerfactoModelConfig):
     """nerfacto with the changes editing needs; every nerfacto hyper-parameter keeps its meaning."""
 
     _target: type = field(default_factory=lambda: CSDNerfactoModel)
+    source_config: ClassVar[type] = NerfactoModelConfig
+    """The model config of the runs this one edits (checked when reading the source's config.yml)."""
     optimize_cameras: bool = False
     """Keep refining the source run's camera poses while editing (off: edits are not consistent targets)."""
     settled_proposals: bool = True
     """Start with fully annealed proposal weights: the source run converged, so editing must not re-warm them."""
+    freeze_appearance: bool = True
+    """Keep the per-camera appearance embeddings of the source run: ns-render shows their mean, so an edit that
+    trained them could hide per-view content where no render shows it (measured with the known-answer edit)."""
 
 
 class CSDNerfactoModel(NerfactoModel):
-    """nerfacto whose construction is offline-safe and whose camera poses stay those of the source run."""
+    """nerfacto whose construction is offline-safe, whose camera poses (and by default appearance embeddings) stay
+    those of the source run, and whose proposal updates are decided once per edit step (see
+    :meth:`proposal_updates`)."""
 
     config: CSDNerfactoModelConfig
 
@@ -80,11 +89,43 @@ class CSDNerfactoModel(NerfactoModel):
             super().populate_modules()
         if not self.config.optimize_cameras:
             self.camera_optimizer.requires_grad_(False)
+        if self.config.freeze_appearance and self.field.embedding_appearance is not None:
+            self.field.embedding_appearance.requires_grad_(False)
+
+    def proposal_update_due(self) -> bool:
+        """Whether nerfacto would train its proposal networks on this step (its own schedule, read not consumed)."""
+        sampler = self.proposal_sampler
+        return bool(sampler._steps_since_update > sampler.update_sched(sampler._step) or sampler._step < 10)
+
+    @contextmanager
+    def proposal_updates(self, enabled: bool) -> Iterator[None]:
+        """Render with proposal densities that do (``enabled``) or do not carry a graph, for every ray batch inside.
+
+        nerfacto decides this per ``generate_ray_samples`` call from a counter that the first updating call resets,
+        which fits one forward pass per step. An edit step renders many ray chunks, and twice with deferred
+        backpropagation: left alone, the graph-free first pass would spend the update on its first chunk and
+        every re-rendered chunk would run the proposals without a graph, so they would never learn. Here the
+        caller decides once per step (:meth:`proposal_update_due`) and :meth:`finish_proposal_step` consumes it.
+        """
+        sampler = self.proposal_sampler
+        saved = sampler._step, sampler._steps_since_update
+        # generate_ray_samples updates iff steps_since_update > update_sched(step) or step < 10.
+        sampler._step, sampler._steps_since_update = (0, 0) if enabled else (1 << 30, -(1 << 30))
+        try:
+            yield
+        finally:
+            sampler._step, sampler._steps_since_update = saved
+
+    def finish_proposal_step(self, updated: bool) -> None:
+        """Consume this step's proposal update, as one nerfacto forward pass would have."""
+        if updated:
+            self.proposal_sampler._steps_since_update = 0
 
     def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         groups = super().get_param_groups()
         if not self.config.optimize_cameras:
             groups.pop("camera_opt", None)
+        # Frozen parameters stay in their group (so checkpoints keep them) but get no gradient, hence no update.
         return groups
 
     def get_training_callbacks(

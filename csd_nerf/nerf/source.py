@@ -1,8 +1,10 @@
-"""The source run being edited: its checkpoint, its config.yml, and loading its weights into our model.
+"""The source run being edited: finding it, its config.yml, and loading its weights into our model.
 
-Only the model weights are taken from the checkpoint (no optimiser, scheduler or step). The source run's
-model hyper-parameters and dataparser come from the ``config.yml`` beside ``nerfstudio_models/`` so users do
-not repeat them; flags given on the command line still win.
+The source is ``--load-dir``/``--load-checkpoint``, or else the latest run of the source method (nerfacto,
+splatfacto) of ``--data`` under the output folder, in nerfstudio's layout
+``<output-dir>/<experiment>/<method>/<timestamp>/``. Only the model weights are taken from the checkpoint (no
+optimiser, scheduler or step). The source run's model hyper-parameters and dataparser come from the
+``config.yml`` beside ``nerfstudio_models/`` so users do not repeat them; flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Any
 import torch
 import yaml
 
+from csd_nerf.errors import UserError
 from csd_nerf.nerf.compat import CheckpointError, load_checkpoint
-from csd_nerf.nerf.errors import CSDEditError
 
 __all__ = [
     "SourceError",
     "SourceRun",
     "find_source",
+    "latest_run",
     "cli_overrides",
     "inherit_source_config",
     "model_state_from_checkpoint",
@@ -32,10 +35,17 @@ __all__ = [
 ]
 
 # Never inherited: runtime settings of this run, and our own fields.
-_NOT_INHERITED = {"_target", "eval_num_rays_per_chunk", "prompt", "optimize_cameras", "settled_proposals"}
+_NOT_INHERITED = {
+    "_target",
+    "eval_num_rays_per_chunk",
+    "prompt",
+    "optimize_cameras",
+    "settled_proposals",
+    "freeze_appearance",
+}
 
 
-class SourceError(CSDEditError):
+class SourceError(UserError):
     """The source run cannot be used; the message is one line naming the fix."""
 
 
@@ -64,8 +74,67 @@ def _latest_step(load_dir: Path) -> int:
     return max(steps)
 
 
-def find_source(load_dir: Path | None, load_step: int | None, load_checkpoint_path: Path | None) -> SourceRun:
-    """Locate the checkpoint and the config.yml of the source run from ``--load-dir``/``--load-checkpoint``."""
+def _read_config(path: Path) -> Any:
+    try:
+        return yaml.load(path.read_text(), Loader=yaml.Loader)
+    except Exception as exc:  # a config of a method whose plugin is not installed, or a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"cannot read the source run's {path} ({reason[:160]}): install the method it was trained "
+            f"with, or move the file away and give the model flags yourself"
+        ) from None
+
+
+def _same_path(a: Path | None, b: Path | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def latest_run(output_dir: Path, data: Path, methods: Sequence[str]) -> Path | None:
+    """The newest run folder of one of ``methods`` trained on ``data`` under ``output_dir`` (with a checkpoint)."""
+    runs = []
+    for method in methods:
+        for config_path in Path(output_dir).glob(f"*/{method}/*/config.yml"):
+            run = config_path.parent
+            if not any((run / "nerfstudio_models").glob("step-*.ckpt")):
+                continue
+            try:
+                config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+                run_data = config.pipeline.datamanager.data
+            except Exception:  # an unreadable run is simply not a candidate
+                continue
+            if _same_path(run_data, data):
+                runs.append((run.name, run.stat().st_mtime, run))
+    return max(runs)[2] if runs else None
+
+
+def find_source(
+    load_dir: Path | None,
+    load_step: int | None,
+    load_checkpoint_path: Path | None,
+    data: Path | None = None,
+    output_dir: Path | None = None,
+    methods: Sequence[str] = ("nerfacto",),
+    announce=None,
+) -> SourceRun:
+    """Locate the checkpoint and config.yml of the source run: ``--load-dir``/``--load-checkpoint``, or the latest
+    run of ``methods`` on ``data`` under ``output_dir`` (``announce`` is told which run was taken)."""
+    if load_dir is None and load_checkpoint_path is None and data is not None and output_dir is not None:
+        run = latest_run(output_dir, data, methods)
+        if run is None:
+            raise SourceError(
+                f"no {' or '.join(methods)} run of {data} under {output_dir}: train it first "
+                f"(ns-train {methods[0]} --data {data}), or pass --load-dir .../nerfstudio_models"
+            )
+        load_dir = run / "nerfstudio_models"
+        if announce is not None:
+            announce(
+                f"csd-edit: editing the latest {run.parent.name} run of {data}: {run} (--load-dir chooses another)"
+            )
     if load_dir is not None:
         load_dir = Path(load_dir)
         if not load_dir.is_dir():
@@ -82,19 +151,11 @@ def find_source(load_dir: Path | None, load_step: int | None, load_checkpoint_pa
             raise SourceError(f"--load-checkpoint {checkpoint} does not exist: pass an existing step-*.ckpt file")
     else:
         raise SourceError(
-            "csd-edit edits a trained scene: pass --load-dir outputs/<scene>/nerfacto/<run>/nerfstudio_models"
+            f"csd-edit edits a trained scene: pass --data of a scene trained with ns-train {methods[0]}, or "
+            f"--load-dir outputs/<scene>/{methods[0]}/<run>/nerfstudio_models"
         )
     config_path = checkpoint.parent.parent / "config.yml"
-    config = None
-    if config_path.is_file():
-        try:
-            config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-        except Exception as exc:  # a config of a method whose plugin is not installed, or a damaged file
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SourceError(
-                f"cannot read the source run's {config_path} ({reason[:160]}): install the method it was trained "
-                f"with, or move the file away and give the model flags yourself"
-            ) from None
+    config = _read_config(config_path) if config_path.is_file() else None
     return SourceRun(checkpoint=checkpoint, config_path=config_path if config else None, config=config)
 
 
@@ -119,25 +180,27 @@ def _dataparser_named_on_cli(argv: Sequence[str]) -> bool:
     return any(token in all_dataparsers for token in argv)
 
 
-def inherit_source_config(config: Any, source: SourceRun, argv: Sequence[str] | None = None) -> list[str]:
+def inherit_source_config(
+    config: Any, source: SourceRun, argv: Sequence[str] | None = None, source_method: str = "nerfacto"
+) -> list[str]:
     """Copy the source run's model hyper-parameters and dataparser into ``config`` (in place).
 
     A field is not copied when it was given on the command line. The dataparser (with its options) is copied
     unless a dataparser subcommand was named; the data path is the user's ``--data`` or else the source's.
+    The source's model must be of the kind ``config``'s model edits (its ``source_config`` class).
 
     Returns the names of the model fields whose value changed.
     """
-    from nerfstudio.models.nerfacto import NerfactoModelConfig
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if source.config is None:
         return []
+    expected = config.pipeline.model.source_config
     src_model = getattr(getattr(source.config, "pipeline", None), "model", None)
-    if not isinstance(src_model, NerfactoModelConfig):
+    if not isinstance(src_model, expected):
         method = getattr(source.config, "method_name", "?")
         raise SourceError(
-            f"the source run is {method!r} ({type(src_model).__name__}); csd-edit edits nerfacto runs: "
-            f"train the scene with ns-train nerfacto first"
+            f"the source run is {method!r} ({type(src_model).__name__}); {config.method_name} edits "
+            f"{source_method} runs: train the scene with ns-train {source_method} first"
         )
     given = cli_overrides(argv)
     model = config.pipeline.model

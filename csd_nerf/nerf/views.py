@@ -1,4 +1,4 @@
-"""The training views the edit works on: cameras and source images at the render resolution."""
+"""The training cameras a 3D scene is seen through during the edit, and their source images, at the render size."""
 
 from __future__ import annotations
 
@@ -7,23 +7,16 @@ import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
+from csd_nerf.sizes import fit_long_side
+
 __all__ = ["render_size", "TrainViews"]
 
-LATENT_FACTOR = 8
-"""The SD VAE downsamples by 8, so rendered sides must be multiples of 8."""
 
-
-def render_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """The image size capped at ``max_side`` on the long side (never upscaled), sides rounded to multiples of 8.
-
-    ``max_side <= 0`` keeps the images' own resolution (still rounded to multiples of 8).
-    """
-    scale = 1.0 if max_side <= 0 else min(1.0, max_side / max(height, width))
-
-    def snap(side: int) -> int:
-        return max(LATENT_FACTOR, int(round(side * scale / LATENT_FACTOR)) * LATENT_FACTOR)
-
-    return snap(height), snap(width)
+def render_size(height: int, width: int, max_side: int, latent_factor: int) -> tuple[int, int]:
+    """The image size capped at ``max_side`` on the long side (never upscaled), sides snapped to multiples of
+    the VAE's ``latent_factor``; ``max_side <= 0`` keeps the images' own resolution (snapped)."""
+    new_width, new_height = fit_long_side(width, height, max_side, latent_factor, upscale=False)
+    return new_height, new_width
 
 
 class TrainViews:
@@ -32,15 +25,16 @@ class TrainViews:
     Args:
         dataset: the datamanager's training dataset (cameras in dataset order; index = camera index).
         max_side: render resolution cap on the long side (``<= 0``: the images' own size).
+        latent_factor: the VAE's downscale factor; rendered sides are multiples of it.
         blend: turns an RGBA image into RGB the way the model does (its background); RGB passes through.
     """
 
-    def __init__(self, dataset: InputDataset, max_side: int, blend=None) -> None:
+    def __init__(self, dataset: InputDataset, max_side: int, latent_factor: int, blend=None) -> None:
         self.dataset = dataset
         cameras = dataset.cameras
         heights, widths = cameras.height.flatten().tolist(), cameras.width.flatten().tolist()
-        # Particles are stacked for the kernel, so every view shares one size: that of the first camera.
-        self.height, self.width = render_size(int(heights[0]), int(widths[0]), max_side)
+        # Views are stacked for the kernel, so every view shares one size: that of the first camera.
+        self.height, self.width = render_size(int(heights[0]), int(widths[0]), max_side, latent_factor)
         self.cameras = _resized_cameras(cameras, self.height, self.width)
         self._blend = blend
         self._images: dict[int, torch.Tensor] = {}

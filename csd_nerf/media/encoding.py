@@ -63,7 +63,7 @@ def encode_sources(
 @torch.no_grad()
 def decode(guidance: IP2PGuidance, latents: torch.Tensor, tiling: Tiling = "auto", chunk: int = 8) -> torch.Tensor:
     """Images ``[B, 3, H, W]`` in ``[0, 1]`` (on the CPU) from latents ``[B, 4, h, w]``."""
-    height, width = (side * 8 for side in latents.shape[-2:])
+    height, width = (side * guidance.latent_factor for side in latents.shape[-2:])
     images = []
     with vae_tiling(guidance, use_tiling(tiling, height, width)):
         for part in latents.detach().split(max(1, chunk)):

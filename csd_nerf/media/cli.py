@@ -3,9 +3,10 @@
     csd-edit-2d panorama --input river.jpg --output out/river --prompt "Turn it into a Van Gogh painting"
     csd-edit-2d video --input break.mp4 --output out/break --prompt "Make it a Claude Monet painting"
 
-Defaults are the paper's and the reference code's (DESIGN §1, REFERENCE_NOTES A §2.3): s_T 7.5, s_I 1.5,
-t in [20, 500], SGD with x0.9 every 20 steps; panoramas lr 2.0, 200 steps, 4 windows of 64 latents on a
-stride of 16; videos lr 0.5, 100 steps, up to 24 frames per step.
+A panorama is seen through crop cameras (windows of one latent canvas), a video through one camera per frame.
+Defaults are the paper's and the official code's (``CSDEditConfig`` and ``OptimConfig`` define them once):
+s_T 7.5, s_I 1.5, t in [20, 500], SGD with x0.9 every 20 steps; panoramas lr 2.0, 200 steps, 4 windows of
+64 latents on a stride of 16; videos lr 0.5, 100 steps, up to 24 frames per step.
 """
 
 from __future__ import annotations
@@ -22,22 +23,25 @@ from pathlib import Path
 
 import torch
 
-from csd_nerf.apps_2d import PanoramaJob, VideoJob, seed_everything
-from csd_nerf.edit_2d import OptimConfig, run_edit
 from csd_nerf.editor import CSDEditConfig, CSDEditor
-from csd_nerf.guidance import DEFAULT_MODEL, GuidanceConfig, GuidanceLoadError
+from csd_nerf.errors import SettingError, UserError, first_line
+from csd_nerf.guidance import DEFAULT_MODEL, GuidanceConfig
 from csd_nerf.guidance.loading import resolve_dtype
-from csd_nerf.media import MediaError
-from csd_nerf.output_dir import OutputError, StagedOutput
+from csd_nerf.media.jobs import PanoramaJob, VideoJob, seed_everything
+from csd_nerf.media.optimise import OptimConfig, run_edit
+from csd_nerf.media.output import StagedOutput
 
-USER_ERRORS = (GuidanceLoadError, MediaError, OutputError, ValueError)
 OUT_OF_MEMORY = (
     "out of memory: lower --num-particles or --max-unet-batch, use --dtype float16 on a GPU, or a smaller --size"
 )
-DEFAULTS = {
-    "panorama": {"steps": 200, "lr": 2.0, "num_particles": 4},
+EDIT_DEFAULTS = CSDEditConfig()
+OPTIM_DEFAULTS = OptimConfig()
+APP_DEFAULTS = {
+    "panorama": {"steps": OPTIM_DEFAULTS.steps, "lr": OPTIM_DEFAULTS.lr, "num_particles": EDIT_DEFAULTS.num_particles},
+    # The official video script: lr 0.5, 100 steps, all 24 frames every step.
     "video": {"steps": 100, "lr": 0.5, "num_particles": 24},
 }
+"""What differs between the two applications; everything else comes from the two configs' defaults."""
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
@@ -65,21 +69,35 @@ def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
     edit.add_argument("--model", default=DEFAULT_MODEL, help="IP2P hub id, local diffusers folder, or 'tiny' (random)")
     edit.add_argument("--steps", type=int, default=defaults["steps"], help="optimisation steps")
     edit.add_argument("--num-particles", type=int, default=defaults["num_particles"], help=defaults["particles_help"])
-    edit.add_argument("--guidance-scale", type=float, default=7.5, help="text guidance s_T")
-    edit.add_argument("--image-guidance-scale", type=float, default=1.5, help="image guidance s_I")
-    edit.add_argument("--t-min", type=int, default=20, help="smallest diffusion timestep drawn (of 1000)")
-    edit.add_argument("--t-max", type=int, default=500, help="largest diffusion timestep drawn (of 1000)")
+    edit.add_argument("--guidance-scale", type=float, default=EDIT_DEFAULTS.guidance_scale, help="text guidance s_T")
+    edit.add_argument(
+        "--image-guidance-scale", type=float, default=EDIT_DEFAULTS.image_guidance_scale, help="image guidance s_I"
+    )
+    edit.add_argument("--t-min", type=int, default=EDIT_DEFAULTS.t_min, help="smallest diffusion timestep (of 1000)")
+    edit.add_argument("--t-max", type=int, default=EDIT_DEFAULTS.t_max, help="largest diffusion timestep (of 1000)")
     edit.add_argument("--lr", type=float, default=defaults["lr"], help="SGD learning rate on the latents")
-    edit.add_argument("--lr-decay", type=float, default=0.9, help="learning-rate factor every --lr-decay-every steps")
-    edit.add_argument("--lr-decay-every", type=int, default=20, help="steps between learning-rate decays")
-    edit.add_argument("--seed", type=int, default=0, help="seed for timesteps, noise and particle draws")
+    edit.add_argument(
+        "--lr-decay", type=float, default=OPTIM_DEFAULTS.lr_decay, help="learning-rate factor every --lr-decay-every"
+    )
+    edit.add_argument(
+        "--lr-decay-every", type=int, default=OPTIM_DEFAULTS.lr_decay_every, help="steps between learning-rate decays"
+    )
+    edit.add_argument("--seed", type=int, default=EDIT_DEFAULTS.seed, help="seed for timesteps, noise and view draws")
 
     ablation = parser.add_argument_group("ablations")
     ablation.add_argument("--no-svgd", action="store_true", help="no SVGD coupling: independent particles")
     ablation.add_argument(
-        "--baseline", choices=("image", "noise"), default="image", help="image: CSD-Edit; noise: plain SDS"
+        "--baseline",
+        choices=("image", "noise"),
+        default=EDIT_DEFAULTS.baseline,
+        help="image: CSD-Edit; noise: plain SDS",
     )
-    ablation.add_argument("--bandwidth-multiplier", type=float, default=1.0, help="scales the kernel bandwidth")
+    ablation.add_argument(
+        "--bandwidth-multiplier",
+        type=float,
+        default=EDIT_DEFAULTS.bandwidth_multiplier,
+        help="scales the kernel bandwidth",
+    )
     ablation.add_argument(
         "--reference-conditioning",
         action="store_true",
@@ -108,15 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     panorama = commands.add_parser(
         "panorama", help="edit an image of any size through overlapping 512 px windows", **shown
     )
-    _add_common(panorama, DEFAULTS["panorama"] | {"particles_help": "windows drawn per step"})
+    _add_common(panorama, APP_DEFAULTS["panorama"] | {"particles_help": "windows drawn per step"})
     geometry = panorama.add_argument_group("windows")
     geometry.add_argument("--window", type=int, default=64, help="window side in latent pixels (64 = 512 px)")
     geometry.add_argument("--stride", type=int, default=16, help="window stride in latent pixels (16 = 128 px)")
 
     video = commands.add_parser("video", help="edit the frames of an MP4/GIF or a folder of frames jointly", **shown)
-    _add_common(video, DEFAULTS["video"] | {"particles_help": "frames per step (all frames when there are fewer)"})
+    _add_common(video, APP_DEFAULTS["video"] | {"particles_help": "frames per step (all frames when there are fewer)"})
     frames = video.add_argument_group("frames")
-    frames.add_argument("--size", type=int, default=512, help="working long side in px (aspect kept, multiple of 8)")
+    frames.add_argument(
+        "--size", type=int, default=512, help="working long side in px (aspect kept, sides multiples of the VAE's 8)"
+    )
     frames.add_argument("--fps", type=float, default=10.0, help="frame rate of a folder of frames (files keep theirs)")
     frames.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call")
     return parser
@@ -129,34 +149,28 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     try:
         kind = torch.device(device).type
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        raise SettingError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
+        raise SettingError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
     return device, str(resolve_dtype(dtype, kind)).removeprefix("torch.")
 
 
 def edit_config(args: argparse.Namespace) -> CSDEditConfig:
-    return CSDEditConfig(
-        prompt=args.prompt,
-        guidance_scale=args.guidance_scale,
-        image_guidance_scale=args.image_guidance_scale,
-        num_particles=args.num_particles,
-        t_min=args.t_min,
-        t_max=args.t_max,
-        coupling=not args.no_svgd,
-        baseline=args.baseline,
-        bandwidth_multiplier=args.bandwidth_multiplier,
-        seed=args.seed,
-    )
+    """The step's settings from the parsed arguments (``--no-svgd`` is the one flag named differently)."""
+    return CSDEditConfig.from_settings(argparse.Namespace(**vars(args), coupling=not args.no_svgd))
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.save_every < 0:
-        raise ValueError(f"--save-every {args.save_every}: use 0 (off) or a positive number of steps")
+        raise SettingError(f"--save-every {args.save_every}: use 0 (off) or a positive number of steps")
     if args.max_unet_batch < 0:
-        raise ValueError(f"--max-unet-batch {args.max_unet_batch}: use 0 (all at once) or a positive number")
+        raise SettingError(f"--max-unet-batch {args.max_unet_batch}: use 0 (all at once) or a positive number")
     if args.command == "video" and args.vae_batch < 1:
-        raise ValueError(f"--vae-batch {args.vae_batch}: use at least 1")
+        raise SettingError(f"--vae-batch {args.vae_batch}: use at least 1")
+    if args.command == "panorama" and (args.window < 1 or args.stride < 1):
+        raise SettingError(f"--window {args.window} and --stride {args.stride}: use at least 1 latent pixel each")
+    if args.command == "video" and args.size < 8:
+        raise SettingError(f"--size {args.size}: use at least 8 px")
 
 
 def _versions() -> dict:
@@ -196,8 +210,6 @@ def _quiet_loaders() -> None:
 def _make_job(args: argparse.Namespace):
     if args.command == "panorama":
         return PanoramaJob.from_file(args.input, args.window, args.stride, args.vae_tiling)
-    if args.size < 8:
-        raise ValueError(f"--size {args.size}: use at least 8 px")
     return VideoJob.from_file(args.input, args.size, args.fps, tiling=args.vae_tiling, vae_batch=args.vae_batch)
 
 
@@ -244,7 +256,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace, console, argv: list[str] | None = None) -> Path:
-    """Do the whole job for parsed ``args``; returns the output folder. Raises the USER_ERRORS on bad input."""
+    """Do the whole job for parsed ``args``; returns the output folder. Raises :class:`UserError` on bad input."""
     started = time.perf_counter()
     config = edit_config(args)
     config.validate()
@@ -324,16 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         folder = run(args, console, argv)
-    except USER_ERRORS as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+    except UserError as exc:
+        print(f"csd-edit-2d: error: {first_line(exc, 1000)}", file=sys.stderr)
         return 2
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
             raise
-        print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
+        print(f"csd-edit-2d: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
+        print("csd-edit-2d: interrupted: nothing written", file=sys.stderr)
         return 130
     print(folder)
     return 0
@@ -342,3 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 def entrypoint() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

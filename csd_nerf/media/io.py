@@ -1,7 +1,8 @@
-"""Reading and writing the 2D applications' media: images, video files (PyAV) and folders of frames.
+"""Reading and writing media: images, video files (PyAV) and folders of frames; the one reader of the package.
 
-Everything here works on ``uint8`` arrays ``[H, W, 3]`` (one image) or ``[T, H, W, 3]`` (frames), RGB.
-Errors a user can cause (missing, unreadable or inconsistent input) raise :class:`MediaError` with a one-line message.
+Everything here works on ``uint8`` arrays ``[H, W, 3]`` (one image) or ``[T, H, W, 3]`` (frames), RGB. 16-bit
+images are scaled to 8 bits and float images are read as ``[0, 1]``; alpha is dropped. Errors a user can cause
+(missing, unreadable or inconsistent input) raise :class:`MediaError` with a one-line message naming the file.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from csd_nerf.errors import UserError, first_line
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi", ".m4v")
 VideoKind = Literal["file", "gif", "frames"]
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """An input or output file problem the user can fix; the message is one line."""
 
 
@@ -30,24 +33,62 @@ def _check_exists(path: Path, what: str) -> None:
         raise MediaError(f"{what} {path} does not exist")
 
 
-def _rgb(image: Image.Image) -> np.ndarray:
-    # Alpha is dropped against black, as PIL does; palettes and greyscale become RGB.
+def to_rgb8(array: np.ndarray, origin: str | Path = "image") -> np.ndarray:
+    """Any decoded picture (grey, grey+alpha, RGB, RGBA; 8/16-bit integers or floats in [0, 1]) as ``uint8 [H, W, 3]``."""
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16 or (np.issubdtype(a.dtype, np.integer) and a.size and a.max() > 255):
+        a = np.round(a.astype(np.float64) / 257.0).clip(0, 255).astype(np.uint8)  # 16-bit: 65535 -> 255
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.round(np.nan_to_num(a.astype(np.float64)).clip(0.0, 1.0) * 255.0).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        a = a.clip(0, 255).astype(np.uint8) if a.dtype != np.bool_ else a.astype(np.uint8) * 255
+    else:
+        raise MediaError(f"{origin}: unsupported pixel type {a.dtype}")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4):
+        raise MediaError(f"{origin}: unsupported image shape {a.shape}; expected an RGB(A) or greyscale image")
+    if a.shape[-1] in (1, 2):
+        a = np.repeat(a[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def _pil_to_rgb8(image: Image.Image, origin: Path) -> np.ndarray:
+    # 16-bit and float modes must be scaled by us: PIL's convert("RGB") clips them to white.
+    if image.mode.startswith(("I", "F")):
+        return to_rgb8(np.asarray(image), origin)
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file (PNG or JPEG) as ``uint8 [H, W, 3]``."""
-    path = Path(path)
-    _check_exists(path, "input image")
+def read_image(path: str | Path, what: str = "input image") -> np.ndarray:
+    """An image file as ``uint8 [H, W, 3]``, turned as its EXIF orientation says (phone photos)."""
+    path = Path(path).expanduser()
+    _check_exists(path, what)
     if path.is_dir():
-        raise MediaError(f"input image {path} is a folder: pass a PNG or JPEG file")
+        raise MediaError(f"{what} {path} is a folder: pass an image file ({', '.join(IMAGE_SUFFIXES)})")
+    if path.stat().st_size == 0:
+        raise MediaError(f"cannot read {what} {path}: the file is empty")
     try:
         with Image.open(path) as image:
             image.load()
-            # Phone JPEGs store their rotation in EXIF: edit the picture as the user sees it.
-            return _rgb(ImageOps.exif_transpose(image))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise MediaError(f"cannot read image {path}: {_one_line(exc)}") from None
+            return _pil_to_rgb8(ImageOps.exif_transpose(image), path)
+    except UnidentifiedImageError:
+        pass  # e.g. float TIFFs, which PIL cannot open and imageio's tifffile can
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise MediaError(f"cannot read {what} {path}: {first_line(exc)} (corrupt or truncated?)") from None
+    try:
+        import imageio.v3 as iio
+
+        return to_rgb8(iio.imread(path), path)
+    except MediaError:
+        raise
+    except Exception:  # imageio's plugins raise many types for what is not an image
+        raise MediaError(
+            f"cannot read {what} {path}: not a readable image (corrupt, truncated, or not one of "
+            f"{', '.join(IMAGE_SUFFIXES)})"
+        ) from None
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
@@ -87,24 +128,37 @@ def read_video(path: str | Path, folder_fps: float = 10.0) -> Video:
     return _read_video_file(path)
 
 
-def _read_frame_folder(folder: Path, fps: float) -> Video:
-    files = sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name)
-    )
+def frame_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, in natural order (``frame_2`` before ``frame_10``); others ignored."""
+    files = (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _read_frame_folder(folder: Path, fps: float, what: str = "input folder") -> Video:
+    files = frame_files(folder)
     if not files:
-        raise MediaError(f"input folder {folder} holds no frames: expected PNG or JPEG files")
-    frames = [read_image(p) for p in files]
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise MediaError(f"frames in {folder} differ in size ({len(shapes)} sizes): all frames must have one size")
+        raise MediaError(f"{what} {folder} holds no frames: expected image files ({', '.join(IMAGE_SUFFIXES)})")
+    frames = [read_image(p, "frame") for p in files]
+    _check_one_size(frames, [p.name for p in files], folder)
     if not (np.isfinite(fps) and fps > 0):
         raise MediaError(f"fps = {fps}: use a positive frame rate")
     return Video(np.stack(frames), Fraction(fps).limit_denominator(1001), "frames", [p.name for p in files])
 
 
+def _check_one_size(frames: list[np.ndarray], names: list[str], origin: Path) -> None:
+    for name, frame in zip(names, frames, strict=True):
+        if frame.shape != frames[0].shape:
+            raise MediaError(
+                f"frames in {origin} differ in size: {name} is {frame.shape[1]}x{frame.shape[0]} but {names[0]} is "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]} (all frames must have one size)"
+            )
+
+
 def _read_video_file(path: Path) -> Video:
     import av
 
+    if path.stat().st_size == 0:
+        raise MediaError(f"cannot read video {path}: the file is empty")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -115,12 +169,27 @@ def _read_video_file(path: Path) -> Video:
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"cannot read video {path}: {_one_line(exc)}") from None
+        raise MediaError(f"cannot read video {path}: {first_line(exc)} (corrupt, truncated or not a video?)") from None
     if not frames:
         raise MediaError(f"video {path} has no frames")
     fps = Fraction(rate) if rate else Fraction(10)
     kind: VideoKind = "gif" if path.suffix.lower() == ".gif" else "file"
     return Video(np.stack(frames), fps, kind)
+
+
+def read_frames(path: str | Path, what: str = "input") -> np.ndarray:
+    """A sequence as ``uint8 [F, H, W, 3]``: a folder of frames, a video file, or one image (one frame)."""
+    path = Path(path).expanduser()
+    _check_exists(path, what)
+    if path.is_dir():
+        return _read_frame_folder(path, 10.0, what).frames
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return read_video(path).frames
+    if suffix in IMAGE_SUFFIXES:
+        return read_image(path, what)[None]
+    known = ", ".join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+    raise MediaError(f"{what} {path}: unsupported file type {suffix!r}; pass a folder of frames or one of {known}")
 
 
 def write_video(path: str | Path, video: Video) -> Path:
@@ -199,8 +268,3 @@ def frame_grid(frames: np.ndarray, count: int = 8, gap: int = 4) -> np.ndarray:
     for index in picks:
         tiles += [frames[index], spacer]
     return np.concatenate(tiles[:-1], axis=1)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

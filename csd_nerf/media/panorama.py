@@ -1,8 +1,9 @@
-"""A panorama as a particle scene: one latent canvas, particles are square windows on a grid (DESIGN §2).
+"""A panorama as a scene seen through crop cameras: one latent canvas, each view a square window of it.
 
-``latents(ids)`` slices the drawn windows out of the one canvas parameter, so ``latents.backward(gradient=g)``
+``latents(views)`` slices the drawn windows out of the one canvas parameter, so ``latents.backward(gradient=g)``
 sums the windows' gradients into the canvas; a gradient hook divides that sum by the count map of the drawn
-windows, so an overlap is averaged (not counted twice) and a latent pixel no drawn window covers gets zero.
+windows, so an overlap is averaged (not counted twice) and a latent pixel no drawn window covers gets zero
+(the reference code's "normalize the gradient of each pixel by counting the appearance").
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-LATENT_SCALE = 8
-"""Image pixels per latent pixel of the Stable Diffusion VAE."""
 
 
 def window_offsets(length: int, window: int, stride: int) -> list[int]:
@@ -53,7 +51,7 @@ def inverse_counts(counts: torch.Tensor) -> torch.Tensor:
 
 
 class PanoramaScene:
-    """Particles are the ``window x window`` latent windows of one canvas ``[1, 4, H, W]``.
+    """Views are the ``window x window`` latent windows of one canvas ``[1, 4, H, W]``.
 
     Args:
         source_latents: the whole image's source latents ``[1, 4, H, W]``.
@@ -69,38 +67,36 @@ class PanoramaScene:
             raise ValueError("source latents and image conditioning must have the same shape")
         height, width = source_latents.shape[-2:]
         if min(height, width) < window:
-            raise ValueError(
-                f"the image is {width * LATENT_SCALE}x{height * LATENT_SCALE} px, smaller than one window of "
-                f"{window * LATENT_SCALE}x{window * LATENT_SCALE} px: use a larger image or a smaller window"
-            )
+            raise ValueError(f"the canvas is {width}x{height} latents, smaller than one window of {window}")
         self.source_latents = source_latents.detach().float()
         self.conditioning = conditioning.detach().float()
         self.canvas = torch.nn.Parameter(self.source_latents.clone())
         self.window, self.stride = window, stride
         self.height, self.width = height, width
         self.windows = window_grid(height, width, window, stride)
-        self.num_particles = len(self.windows)
+        self.num_views = len(self.windows)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.canvas]
 
-    def _slices(self, canvas: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    def _slices(self, canvas: torch.Tensor, views: Sequence[int]) -> torch.Tensor:
         w = self.window
-        crops = [canvas[0, :, top : top + w, left : left + w] for top, left in (self.windows[int(i)] for i in ids)]
+        crops = [canvas[0, :, top : top + w, left : left + w] for top, left in (self.windows[int(i)] for i in views)]
         return torch.stack(crops)
 
-    def sources(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sources(self, views: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Source latents and conditioning of the windows: slices of the whole image's cached encoding."""
-        return self._slices(self.source_latents, ids), self._slices(self.conditioning, ids)
+        return self._slices(self.source_latents, views), self._slices(self.conditioning, views)
 
-    def count_map(self, ids: Sequence[int]) -> torch.Tensor:
-        """How many of the windows ``ids`` cover each canvas latent pixel, ``[H, W]``."""
-        return count_map([self.windows[int(i)] for i in ids], self.height, self.width, self.window, self.canvas.device)
+    def count_map(self, views: Sequence[int]) -> torch.Tensor:
+        """How many of the windows ``views`` cover each canvas latent pixel, ``[H, W]``."""
+        windows = [self.windows[int(i)] for i in views]
+        return count_map(windows, self.height, self.width, self.window, self.canvas.device)
 
-    def latents(self, ids: Sequence[int]) -> torch.Tensor:
+    def latents(self, views: Sequence[int]) -> torch.Tensor:
         """The windows' current latents ``[n, 4, window, window]``; their backward averages overlaps on the canvas."""
-        inverse = inverse_counts(self.count_map(ids))
+        inverse = inverse_counts(self.count_map(views))
         canvas = self.canvas.clone()
         # Autograd sums every window's gradient into ``canvas`` before this hook runs: divide the sum by the count.
         canvas.register_hook(lambda grad: grad * inverse)
-        return self._slices(canvas, ids)
+        return self._slices(canvas, views)

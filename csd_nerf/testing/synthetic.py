@@ -4,7 +4,10 @@ The scene is a few coloured, shaded primitives (a striped sphere, a small sphere
 disc, seen from cameras on two rings around it, in front of a sky-like gradient. It is big enough for
 nerfacto to learn something recognisable in a few hundred CPU steps and small enough for tests.
 
-    python -m csd_nerf.nerf.synthetic data/synthetic --num-views 24 --size 64
+The ``edited`` layout is the same capture (same cameras, same file names) with the small sphere moved, enlarged
+and recoloured and the box recoloured: the target of the known-answer edit (``scripts/bench_convergence.py``).
+
+    python -m csd_nerf.testing.synthetic data/synthetic --num-views 24 --size 64 [--layout edited]
 """
 
 from __future__ import annotations
@@ -18,7 +21,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["SyntheticSceneConfig", "make_synthetic_scene", "look_at"]
+__all__ = ["SceneLayout", "LAYOUTS", "SyntheticSceneConfig", "make_synthetic_scene", "make_scene_pair", "look_at"]
+
+Vec3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class SceneLayout:
+    """Where the primitives are and what colour they have."""
+
+    big_centre: Vec3 = (0.0, 0.0, 0.55)
+    big_radius: float = 0.55
+    small_centre: Vec3 = (0.55, 0.45, 0.3)
+    small_radius: float = 0.3
+    small_colour: Vec3 = (0.2, 0.7, 0.35)
+    box_lo: Vec3 = (-0.85, -0.2, 0.0)
+    box_hi: Vec3 = (-0.45, 0.2, 0.6)
+    box_colour: Vec3 = (0.25, 0.4, 0.9)
+
+
+LAYOUTS = {
+    "source": SceneLayout(),
+    # The small green sphere moved, enlarged and turned magenta; the blue box turned orange.
+    "edited": SceneLayout(
+        small_centre=(0.3, 0.8, 0.42), small_radius=0.42, small_colour=(0.85, 0.25, 0.75), box_colour=(0.95, 0.55, 0.1)
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +60,8 @@ class SyntheticSceneConfig:
     radius: float = 3.2
     elevations_degrees: tuple[float, ...] = (20.0, 45.0)
     seed: int = 0
+    layout: str = "source"
+    """A key of :data:`LAYOUTS`."""
 
 
 def look_at(position: np.ndarray, target: np.ndarray, world_up: np.ndarray | None = None) -> np.ndarray:
@@ -71,16 +101,16 @@ def _box_hits(origins: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndar
     return np.where(hit, t_near, np.inf), normals
 
 
-def _shade_rays(origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+def _shade_rays(origins: np.ndarray, dirs: np.ndarray, layout: SceneLayout) -> np.ndarray:
     """Colour of each ray: the nearest primitive with Lambert shading, else the sky gradient."""
     n = len(dirs)
     light = np.array([0.4, -0.3, 0.85])
     light = light / np.linalg.norm(light)
 
-    big_c, small_c = np.array([0.0, 0.0, 0.55]), np.array([0.55, 0.45, 0.3])
-    box_lo, box_hi = np.array([-0.85, -0.2, 0.0]), np.array([-0.45, 0.2, 0.6])
-    t_big = _sphere_hits(origins, dirs, big_c, 0.55)
-    t_small = _sphere_hits(origins, dirs, small_c, 0.3)
+    big_c, small_c = np.array(layout.big_centre), np.array(layout.small_centre)
+    box_lo, box_hi = np.array(layout.box_lo), np.array(layout.box_hi)
+    t_big = _sphere_hits(origins, dirs, big_c, layout.big_radius)
+    t_small = _sphere_hits(origins, dirs, small_c, layout.small_radius)
     t_box, box_normals = _box_hits(origins, dirs, box_lo, box_hi)
     with np.errstate(divide="ignore", invalid="ignore"):
         t_floor = np.where(dirs[:, 2] < -1e-6, -origins[:, 2] / dirs[:, 2], np.inf)
@@ -94,15 +124,15 @@ def _shade_rays(origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     normals = np.zeros((n, 3))
     albedo = np.zeros((n, 3))
     m = which == 0
-    normals[m] = (points[m] - big_c) / 0.55
+    normals[m] = (points[m] - big_c) / layout.big_radius
     stripes = (np.floor((np.arctan2(normals[m, 1], normals[m, 0]) + math.pi) / (math.pi / 4)) % 2)[:, None]
     albedo[m] = np.where(stripes > 0, [0.85, 0.25, 0.2], [0.95, 0.8, 0.3])
     m = which == 1
-    normals[m] = (points[m] - small_c) / 0.3
-    albedo[m] = [0.2, 0.7, 0.35]
+    normals[m] = (points[m] - small_c) / layout.small_radius
+    albedo[m] = layout.small_colour
     m = which == 2
     normals[m] = box_normals[m]
-    albedo[m] = [0.25, 0.4, 0.9]
+    albedo[m] = layout.box_colour
     m = which == 3
     normals[m] = [0.0, 0.0, 1.0]
     checker = ((np.floor(points[m, 0] * 3) + np.floor(points[m, 1] * 3)) % 2)[:, None]
@@ -142,6 +172,8 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
     config = config or SyntheticSceneConfig()
     if config.num_views < 2 or config.width < 8 or config.height < 8:
         raise ValueError("the synthetic scene needs at least 2 views of at least 8x8 pixels")
+    if config.layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {config.layout!r}: use one of {', '.join(LAYOUTS)}")
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     w, h = config.width, config.height
@@ -156,7 +188,7 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
         dirs = cam_dirs @ c2w[:3, :3].T
         dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
         origins = np.broadcast_to(c2w[:3, 3], dirs.shape)
-        rgb = _shade_rays(origins, dirs).reshape(h, w, 3)
+        rgb = _shade_rays(origins, dirs, LAYOUTS[config.layout]).reshape(h, w, 3)
         name = f"images/frame_{i:05d}.png"
         Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(output_dir / name)
         frames.append({"file_path": name, "transform_matrix": c2w.tolist()})
@@ -179,14 +211,26 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
     return output_dir
 
 
+def make_scene_pair(folder: Path, config: SyntheticSceneConfig | None = None) -> tuple[Path, Path]:
+    """``folder/source`` and ``folder/edited``: the same capture of both layouts (a known-answer edit pair)."""
+    from dataclasses import replace
+
+    config = config or SyntheticSceneConfig()
+    source = make_synthetic_scene(Path(folder) / "source", replace(config, layout="source"))
+    edited = make_synthetic_scene(Path(folder) / "edited", replace(config, layout="edited"))
+    return source, edited
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: write a synthetic scene folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--num-views", type=int, default=24)
     parser.add_argument("--size", type=int, default=64, help="image width and height in pixels")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="source", help="edited: the known-answer target")
     args = parser.parse_args(argv)
-    out = make_synthetic_scene(args.output_dir, SyntheticSceneConfig(args.num_views, args.size, args.size))
+    config = SyntheticSceneConfig(args.num_views, args.size, args.size, layout=args.layout)
+    out = make_synthetic_scene(args.output_dir, config)
     print(f"wrote {args.num_views} views of {args.size}x{args.size} px to {out}")
 
 

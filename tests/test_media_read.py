@@ -1,4 +1,4 @@
-"""Reading source/edited sequences: folders, videos, single images, and the one-line input errors."""
+"""The one reader of sequences (csd-edit-2d and csd-eval): folders, videos, single images, one-line errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from csd_nerf.eval.errors import EvalInputError
-from csd_nerf.eval.frames import check_pair, load_frames, resize_frames
+from csd_nerf.eval.frames import check_pair, resize_frames
+from csd_nerf.media.io import MediaError
+from csd_nerf.media.io import read_frames as load_frames
 
 
 def _frames(n: int = 4, h: int = 24, w: int = 32) -> np.ndarray:
@@ -54,25 +56,45 @@ def test_grayscale_and_rgba_become_rgb(tmp_path):
 
 
 def test_missing_empty_unsupported_and_mixed_sizes(tmp_path):
-    with pytest.raises(EvalInputError, match="--edited: path does not exist"):
+    with pytest.raises(MediaError, match="--edited .*nope does not exist"):
         load_frames(tmp_path / "nope", "--edited")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(EvalInputError, match="no image files"):
+    with pytest.raises(MediaError, match="holds no frames"):
         load_frames(empty)
     (tmp_path / "x.npz").write_bytes(b"")
-    with pytest.raises(EvalInputError, match="unsupported file type"):
+    with pytest.raises(MediaError, match="unsupported file type"):
         load_frames(tmp_path / "x.npz")
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     iio.imwrite(mixed / "0.png", _frames(1)[0])
     iio.imwrite(mixed / "1.png", _frames(1, 16, 16)[0])
-    with pytest.raises(EvalInputError, match="all frames must share one size") as err:
+    with pytest.raises(MediaError, match="1.png is 16x16 but 0.png is 32x24") as err:
         load_frames(mixed)
     assert "\n" not in str(err.value)
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(EvalInputError, match="cannot read image"):
-        load_frames(tmp_path / "broken.png")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("broken.png", b"not a png", "broken.png: not a readable image"),
+        ("cut.png", None, "cut.png: .*corrupt or truncated"),
+        ("empty.png", b"", "empty.png: the file is empty"),
+        ("empty.mp4", b"", "empty.mp4: the file is empty"),
+        ("junk.mp4", b"\x00\x01 not a video at all" * 40, "junk.mp4: .*corrupt, truncated or not a video"),
+    ],
+)
+def test_unreadable_files_say_what_is_wrong_with_which_file_in_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:  # a real PNG cut short
+        iio.imwrite(path, np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(MediaError, match=message) as err:
+        load_frames(path, "--source")
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 400 and "ffmpeg version" not in text
 
 
 def test_check_pair_and_resize():
