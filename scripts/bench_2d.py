@@ -23,10 +23,9 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+from bench_step import build_guidance  # a sibling script: scripts/ is on sys.path when this runs as a script
 
 from csd_nerf.editor import CSDEditConfig, CSDEditor
-from csd_nerf.guidance import GuidanceConfig, IP2PGuidance
-from csd_nerf.guidance.presets import build_components
 from csd_nerf.media.io import Video
 from csd_nerf.media.jobs import PanoramaJob, VideoJob
 from csd_nerf.media.optimise import OptimConfig, run_edit
@@ -57,12 +56,7 @@ def run_case(args: argparse.Namespace) -> dict:
     """Build the case's job and model, then time encode, ``warmup + steps`` steps and decode."""
     device = torch.device(args.device)
     load_avg = os.getloadavg()[0]
-    guidance = IP2PGuidance(
-        GuidanceConfig(
-            model=f"random:{args.preset}", device=args.device, dtype=args.dtype, max_unet_batch=args.max_unet_batch
-        ),
-        build_components(args.preset),
-    )
+    guidance, build = build_guidance(args.preset, args.device, args.dtype, args.max_unet_batch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     weights_mb = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -98,7 +92,7 @@ def run_case(args: argparse.Namespace) -> dict:
     record = {
         "case": args.case,
         "input": job.info(scene),
-        "particles_per_step": min(particles, scene.num_particles),
+        "particles_per_step": min(particles, scene.num_views),
         "unet_samples_per_step": (guidance.stats.unet_samples - samples_before) // total_steps,
         "steps_timed": args.steps,
         "step_s": round(step_s, 3),
@@ -112,6 +106,7 @@ def run_case(args: argparse.Namespace) -> dict:
         "device": args.device,
         "dtype": args.dtype,
         "torch": torch.__version__,
+        **build,
     }
     if weights_mb is not None:
         record["weights_mb"] = round(weights_mb, 1)
