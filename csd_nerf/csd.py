@@ -1,4 +1,5 @@
-"""Collaborative Score Distillation: the SVGD coupling of per-particle residuals (DESIGN §1 step 4).
+"""Collaborative Score Distillation: the SVGD coupling of per-view residuals (Kim et al. 2023, Eq. 8;
+``docs/DESIGN.md`` §1 step 4).
 
 Pure torch, no diffusers. Every function works on a batch of N particles stacked on dim 0.
 """

@@ -1,4 +1,6 @@
-"""The ``csd-edit`` nerfstudio methods, registered through the ``nerfstudio.method_configs`` entry point.
+"""The nerfstudio methods of csd-nerf, registered through the ``nerfstudio.method_configs`` entry point:
+``csd-edit`` and ``csd-edit-small`` (nerfacto scenes), ``csd-edit-splat`` (splat scenes) and ``splatfacto-cpu``
+(splatfacto that trains on a CPU, for small scenes).
 
 nerfstudio imports this module in every ``ns-*`` command, for every method. So it must be light (no
 diffusers, no model loading) and must never raise: if our code cannot be imported, the methods are still
@@ -8,16 +10,27 @@ It also lets stock nerfstudio read checkpoints under torch >= 2.6 (see ``csd_ner
 
 from __future__ import annotations
 
+import copy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-__all__ = ["csd_edit_method", "csd_edit_small_method"]
+__all__ = ["csd_edit_method", "csd_edit_small_method", "csd_edit_splat_method", "splatfacto_cpu_method"]
 
-_DESCRIPTION = "CSD-Edit: edit a trained nerfacto scene from a text instruction (Collaborative Score Distillation)."
-_SMALL_DESCRIPTION = "CSD-Edit with lower memory (256 px renders, 2 views per step, smaller chunks and UNet batches)."
+EDIT_STEPS = 2000
+"""Default length of an edit (``--max-num-iterations``); learning-rate schedules span it."""
+
+_DESCRIPTIONS = {
+    "csd-edit": "CSD-Edit: edit a trained nerfacto scene from a text instruction (Collaborative Score Distillation).",
+    "csd-edit-small": "CSD-Edit with lower memory (256 px renders, 2 views per step, smaller chunks and UNet batches).",
+    "csd-edit-splat": "CSD-Edit of a trained Gaussian-splat scene (splatfacto or splatfacto-cpu) from a text "
+    "instruction; on a CPU it rasterises with csd-nerf's pure-torch rasteriser.",
+    "splatfacto-cpu": "splatfacto that also trains on a CPU (csd-nerf's pure-torch rasteriser; small scenes, slow): "
+    "the source scene for csd-edit-splat on a machine without a GPU. With a GPU, use splatfacto.",
+}
 
 
 def usage(source_method: str) -> str:
@@ -51,19 +64,39 @@ def _broken_method(name: str, reason: str) -> MethodSpecification:
         _target: type = field(default_factory=lambda: fail)
 
     return MethodSpecification(
-        config=UnavailableTrainerConfig(method_name=name), description=f"[unavailable: {reason}] {_DESCRIPTION}"
+        config=UnavailableTrainerConfig(method_name=name),
+        description=f"[unavailable: {reason}] {_DESCRIPTIONS[name]}",
     )
 
 
-def _build(small: bool) -> TrainerConfig:
+def _edit_trainer(name: str, pipeline, optimizers: dict, source_methods: tuple[str, ...]) -> TrainerConfig:
     from nerfstudio.configs.base_config import ViewerConfig
+
+    from csd_nerf.nerf.trainer import CSDTrainerConfig
+
+    return CSDTrainerConfig(
+        method_name=name,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_eval_all_images=1_000_000,
+        steps_per_save=250,
+        max_num_iterations=EDIT_STEPS,
+        mixed_precision=False,
+        save_only_latest_checkpoint=True,
+        pipeline=pipeline,
+        optimizers=optimizers,
+        source_methods=source_methods,
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+def _nerfacto_edit(small: bool) -> TrainerConfig:
     from nerfstudio.engine.optimizers import AdamOptimizerConfig
     from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
     from csd_nerf.nerf.pipeline import CSDPipelineConfig
-    from csd_nerf.nerf.trainer import CSDTrainerConfig
 
-    steps = 2000
     pipeline = CSDPipelineConfig()
     if small:
         pipeline.render_resolution = 256
@@ -74,37 +107,64 @@ def _build(small: bool) -> TrainerConfig:
     def adam(lr: float, lr_final: float):
         return {
             "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=steps),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=EDIT_STEPS),
         }
 
-    return CSDTrainerConfig(
-        method_name="csd-edit-small" if small else "csd-edit",
-        steps_per_eval_batch=500,
-        steps_per_eval_image=500,
-        steps_per_eval_all_images=1_000_000,
-        steps_per_save=250,
-        max_num_iterations=steps,
-        mixed_precision=False,
-        save_only_latest_checkpoint=True,
-        pipeline=pipeline,
-        optimizers={
-            "proposal_networks": adam(1e-2, 1e-3),
-            "fields": adam(1e-2, 1e-3),
-            "camera_opt": adam(1e-4, 1e-5),  # used only with --pipeline.model.optimize-cameras True
-        },
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
-        vis="viewer",
-    )
+    optimizers = {
+        "proposal_networks": adam(1e-2, 1e-3),
+        "fields": adam(1e-2, 1e-3),
+        "camera_opt": adam(1e-4, 1e-5),  # used only with --pipeline.model.optimize-cameras True
+    }
+    return _edit_trainer("csd-edit-small" if small else "csd-edit", pipeline, optimizers, ("nerfacto",))
 
 
-def _spec(small: bool) -> MethodSpecification:
-    name = "csd-edit-small" if small else "csd-edit"
+def _splatfacto_optimizers(max_steps: int) -> dict:
+    """splatfacto's optimisers (derived from nerfstudio's own config, so renamed groups follow), with the
+    decaying schedules stretched over ``max_steps``."""
+    from nerfstudio.configs.method_configs import method_configs
+
+    optimizers = copy.deepcopy(method_configs["splatfacto"].optimizers)
+    for group in optimizers.values():
+        scheduler = group.get("scheduler")
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = max_steps
+            if getattr(scheduler, "warmup_steps", 0):
+                scheduler.warmup_steps = min(scheduler.warmup_steps, max_steps // 10)
+    return optimizers
+
+
+def _splat_edit() -> TrainerConfig:
+    from csd_nerf.nerf.splat_pipeline import CSDSplatPipelineConfig
+
+    optimizers = _splatfacto_optimizers(EDIT_STEPS)
+    return _edit_trainer("csd-edit-splat", CSDSplatPipelineConfig(), optimizers, ("splatfacto", "splatfacto-cpu"))
+
+
+def _splatfacto_cpu() -> TrainerConfig:
+    from nerfstudio.configs.method_configs import method_configs
+
+    from csd_nerf.nerf.splat_model import SplatfactoCPUModelConfig
+
+    steps = 3000
+    config = copy.deepcopy(method_configs["splatfacto"])
+    config.method_name = "splatfacto-cpu"
+    config.max_num_iterations = steps
+    config.steps_per_save = 500
+    config.machine.device_type = "cpu"
+    config.pipeline.model = SplatfactoCPUModelConfig()
+    config.optimizers = _splatfacto_optimizers(steps)
+    return config
+
+
+def _spec(name: str, build: Callable[[], TrainerConfig], source_method: str | None) -> MethodSpecification:
     try:
-        description = f"{_SMALL_DESCRIPTION if small else _DESCRIPTION} {usage('nerfacto')}"
-        return MethodSpecification(config=_build(small), description=description)
+        description = _DESCRIPTIONS[name] + (f" {usage(source_method)}" if source_method else "")
+        return MethodSpecification(config=build(), description=description)
     except Exception as exc:  # a broken install of ours must not break ns-train for other methods
         return _broken_method(name, f"{type(exc).__name__}: {exc}")
 
 
-csd_edit_method = _spec(small=False)
-csd_edit_small_method = _spec(small=True)
+csd_edit_method = _spec("csd-edit", lambda: _nerfacto_edit(small=False), "nerfacto")
+csd_edit_small_method = _spec("csd-edit-small", lambda: _nerfacto_edit(small=True), "nerfacto")
+csd_edit_splat_method = _spec("csd-edit-splat", _splat_edit, "splatfacto")
+splatfacto_cpu_method = _spec("splatfacto-cpu", _splatfacto_cpu, None)

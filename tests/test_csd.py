@@ -1,4 +1,4 @@
-"""The SVGD coupling of DESIGN §1 step 4, held to its invariants."""
+"""The SVGD coupling (``docs/DESIGN.md`` §1 step 4), held to its invariants."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from csd_nerf.errors import SettingError
 from nerf_fixtures import build_pipeline, session_base, source_run, synthetic_scene
 
+from csd_nerf.errors import SettingError
 from csd_nerf.nerf.compat import load_checkpoint, to_builtin
 from csd_nerf.nerf.source import (
     SourceError,

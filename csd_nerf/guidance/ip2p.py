@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from csd_nerf.guidance.components import IP2PComponents
+from csd_nerf.guidance.grad_scale import GradientScale
 from csd_nerf.guidance.loading import DEFAULT_MODEL, load_ip2p_components, resolve_dtype
 from csd_nerf.guidance.tiny import TINY_MODEL_NAME, TINY_NOTICE
 
@@ -88,6 +89,8 @@ class IP2PGuidance:
         # Each VAE down block but the last halves the image: diffusers' ``vae_scale_factor`` (8 for SD).
         self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.stats = GuidanceStats()
+        self.gradient_scaling = True
+        """Scale gradients through a float16 VAE (off only to measure what it saves)."""
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -146,15 +149,25 @@ class IP2PGuidance:
         if images.shape[-1] % factor or images.shape[-2] % factor:
             raise ValueError(f"image sides must be multiples of {factor} for the VAE, got {tuple(images.shape[-2:])}")
 
-    def _latent_dist(self, images: torch.Tensor):
+    def _latent_dist(self, images: torch.Tensor, scale: GradientScale | None = None):
         self._check_images(images)
         self.stats.vae_encode_calls += 1
+        x = (images * 2.0 - 1.0).to(self.device)
+        if scale is not None:
+            x = scale.leave(x)
         with self._timed("vae_seconds"):
-            return self.vae.encode((images * 2.0 - 1.0).to(self.device, self.dtype)).latent_dist
+            return self.vae.encode(x.to(self.dtype)).latent_dist
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Differentiable SD latents (``mode() * scaling``) of images in ``[0, 1]``; gradients reach ``images``."""
-        return self._latent_dist(images).mode().float() * self.scaling_factor
+        """Differentiable SD latents (``mode() * scaling``) of images in ``[0, 1]``; gradients reach ``images``.
+
+        Through a float16 VAE the gradient is carried with power-of-two scaling (see :mod:`.grad_scale`).
+        """
+        scale = GradientScale() if self.gradient_scaling and self.dtype == torch.float16 else None
+        mode = self._latent_dist(images, scale).mode()
+        if scale is not None:
+            mode = scale.enter(mode)
+        return mode.float() * self.scaling_factor
 
     @torch.no_grad()
     def encode_source(

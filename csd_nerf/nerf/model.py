@@ -16,7 +16,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-__all__ = ["CSDNerfactoModelConfig", "CSDNerfactoModel", "LazyLPIPS"]
+__all__ = ["CSDNerfactoModelConfig", "CSDNerfactoModel", "LazyLPIPS", "lazy_lpips"]
 
 
 class LazyLPIPS:
@@ -45,11 +45,11 @@ class LazyLPIPS:
 
 
 @contextlib.contextmanager
-def _lazy_lpips_in_nerfacto() -> Iterator[None]:
-    """Make nerfacto's ``populate_modules`` build :class:`LazyLPIPS` instead of downloading AlexNet.
+def lazy_lpips() -> Iterator[None]:
+    """Make nerfacto's and splatfacto's ``populate_modules`` build :class:`LazyLPIPS` instead of downloading AlexNet.
 
-    nerfacto imports the metric class from ``torchmetrics.image.lpip`` inside ``populate_modules``, so swapping
-    that module attribute for the duration of the call is enough.
+    Both import the metric class from ``torchmetrics.image.lpip`` inside ``populate_modules``, so swapping that
+    module attribute for the duration of the call is enough.
     """
     from torchmetrics.image import lpip
 
@@ -85,7 +85,7 @@ class CSDNerfactoModel(NerfactoModel):
     config: CSDNerfactoModelConfig
 
     def populate_modules(self) -> None:
-        with _lazy_lpips_in_nerfacto():
+        with lazy_lpips():
             super().populate_modules()
         if not self.config.optimize_cameras:
             self.camera_optimizer.requires_grad_(False)

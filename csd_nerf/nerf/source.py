@@ -237,7 +237,7 @@ def model_state_from_checkpoint(state: dict[str, Any]) -> dict[str, torch.Tensor
         if not key.startswith("_model."):
             continue
         key = key[len("_model.") :]
-        if key.startswith("lpips."):  # stock nerfacto saves its LPIPS AlexNet; we never build it
+        if key.startswith("lpips."):  # stock nerfacto and splatfacto save their LPIPS AlexNet; we never build it
             continue
         model_state[key] = value
     return model_state
@@ -247,11 +247,17 @@ def _uses_tcnn(keys: Sequence[str]) -> bool:
     return any(key.endswith(".params") and ("mlp" in key or "encoding" in key) for key in keys)
 
 
+def _same_shape(key: str, own: torch.Tensor, loaded: torch.Tensor) -> bool:
+    if key.startswith("gauss_params."):  # splats: any number of Gaussians, the per-Gaussian shape must match
+        return tuple(own.shape[1:]) == tuple(loaded.shape[1:])
+    return tuple(own.shape) == tuple(loaded.shape)
+
+
 def _mismatch_message(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], checkpoint: Path) -> str | None:
     """One line saying how the checkpoint differs from the model, or None when they match."""
     missing = [k for k in own if k not in loaded]
     unexpected = [k for k in loaded if k not in own]
-    shapes = [k for k in own if k in loaded and tuple(own[k].shape) != tuple(loaded[k].shape)]
+    shapes = [k for k in own if k in loaded and not _same_shape(k, own[k], loaded[k])]
     if not (missing or unexpected or shapes):
         return None
     if _uses_tcnn(loaded) != _uses_tcnn(own):

@@ -66,7 +66,7 @@ def train_source(
     """Train ``method`` on ``data`` with stock ``ns-train`` (CPU preset); returns the run folder."""
     if method == "nerfacto":
         flags = nerfacto_cpu_training(steps)
-    else:
+    else:  # splatfacto-cpu is CPU-sized already
         flags = ["--machine.device-type", "cpu", "--max-num-iterations", str(steps), "--steps-per-save", str(steps)]
     exe = Path(sys.executable).with_name("ns-train")
     command = [str(exe), method, "--data", str(data), "--output-dir", str(outputs), *QUIET, *flags]
@@ -93,8 +93,13 @@ def _target_views(pipeline: Any, target_data: Path, split: str, max_side: int, f
 @torch.no_grad()
 def _render_eval(pipeline: Any) -> torch.Tensor:
     """The model's renders ``[n, 3, h, w]`` of the eval split at the images' size (as ns-render would)."""
-    dataset = pipeline.datamanager.eval_dataset
-    cameras = dataset.cameras.to(pipeline.device)
+    return _render_views(pipeline, pipeline.datamanager.eval_dataset.cameras)
+
+
+@torch.no_grad()
+def _render_views(pipeline: Any, cameras: Any) -> torch.Tensor:
+    """The model's renders ``[n, 3, h, w]`` of ``cameras`` in eval mode (as ns-render would)."""
+    cameras = cameras.to(pipeline.device)
     model = pipeline.model
     was_training = model.training
     model.eval()
@@ -110,6 +115,11 @@ def _parameters(model: Any, prefix: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if k.startswith(prefix)}
 
 
+def _gaussian_count(model: Any) -> int | None:
+    params = getattr(model, "gauss_params", None)
+    return int(params["means"].shape[0]) if params is not None else None
+
+
 def _relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
     num = sum(float((after[k] - before[k]).square().sum()) for k in before)
     den = sum(float(before[k].square().sum()) for k in before)
@@ -117,9 +127,10 @@ def _relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
 
 
 def _edit_config(cfg: ConvergenceConfig, source_run: Path) -> Any:
-    from csd_nerf.method_configs.csd_edit import csd_edit_method
+    from csd_nerf.method_configs.csd_edit import csd_edit_method, csd_edit_splat_method
 
-    config = copy.deepcopy(csd_edit_method.config)
+    splat = cfg.representation == "splat"
+    config = copy.deepcopy((csd_edit_splat_method if splat else csd_edit_method).config)
     config.load_dir = source_run / "nerfstudio_models"
     config.output_dir = cfg.work_dir / "outputs"
     config.experiment_name = "known-answer"
@@ -139,9 +150,10 @@ def _edit_config(cfg: ConvergenceConfig, source_run: Path) -> Any:
         cfg.seed,
     )
     p.preview_every = 0
-    p.backprop = cfg.backprop
-    p.model.implementation = "torch"
-    p.model.freeze_appearance = cfg.freeze_appearance
+    if not splat:
+        p.backprop = cfg.backprop
+        p.model.implementation = "torch"
+        p.model.freeze_appearance = cfg.freeze_appearance
     for key, value in cfg.extra_pipeline.items():
         setattr(p, key, value)
     config.set_timestamp()
@@ -158,7 +170,11 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     method = "nerfacto" if cfg.representation == "nerfacto" else "splatfacto-cpu"
     outputs = cfg.work_dir / "outputs"
     existing = sorted(outputs.glob(f"*/{method}/*/nerfstudio_models/step-*.ckpt"))
-    source_run = existing[-1].parent.parent if existing else train_source(cfg.source_data, outputs, cfg.source_steps, method, log)
+    source_run = (
+        existing[-1].parent.parent
+        if existing
+        else train_source(cfg.source_data, outputs, cfg.source_steps, method, log)
+    )
 
     config = _edit_config(cfg, source_run)
     holder: dict[str, Any] = {}
@@ -172,23 +188,37 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     trainer.setup(guidance=prior)
     pipeline = trainer.pipeline
     views = pipeline.scene.views
-    holder["train_targets"] = _target_views(pipeline, cfg.target_data, "train", cfg.render_resolution, prior.latent_factor)
+    holder["train_targets"] = _target_views(
+        pipeline, cfg.target_data, "train", cfg.render_resolution, prior.latent_factor
+    )
     eval_targets = _target_views(pipeline, cfg.target_data, "val", 0, 1)
     eval_target_images = eval_targets.source_images(list(range(len(eval_targets))))
     eval_source_images = torch.stack(
-        [pipeline.datamanager.eval_dataset.get_image_float32(i)[..., :3].permute(2, 0, 1) for i in range(len(eval_targets))]
+        [
+            pipeline.datamanager.eval_dataset.get_image_float32(i)[..., :3].permute(2, 0, 1)
+            for i in range(len(eval_targets))
+        ]
     )
+
+    def mean_psnr(renders: torch.Tensor, references: torch.Tensor) -> float:
+        return sum(psnr(r, t) for r, t in zip(renders, references, strict=True)) / len(renders)
+
+    train_ids = list(range(len(views)))
 
     def held_out() -> dict[str, float]:
         renders = _render_eval(pipeline)
+        train = _render_views(pipeline, views.cameras)
         return {
-            "to_target": sum(psnr(r, t) for r, t in zip(renders, eval_target_images, strict=True)) / len(renders),
-            "to_source": sum(psnr(r, s) for r, s in zip(renders, eval_source_images, strict=True)) / len(renders),
+            "to_target": mean_psnr(renders, eval_target_images),
+            "to_source": mean_psnr(renders, eval_source_images),
+            "train_to_target": mean_psnr(train, holder["train_targets"].source_images(train_ids)),
+            "train_to_source": mean_psnr(train, views.source_images(train_ids)),
         }
 
     before = held_out()
     proposals_before = _parameters(pipeline.model, "proposal_networks.")
     fields_before = _parameters(pipeline.model, "field.")
+    gaussians_before = _gaussian_count(pipeline.model)
     step_metrics: list[dict[str, float]] = []
     edit_step = pipeline.edit_step
 
@@ -214,6 +244,10 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
         "psnr_gain": round(after["to_target"] - before["to_target"], 3),
         "psnr_to_source_before": round(before["to_source"], 3),
         "psnr_to_source_after": round(after["to_source"], 3),
+        "psnr_train_views_before": round(before["train_to_target"], 3),
+        "psnr_train_views_after": round(after["train_to_target"], 3),
+        "psnr_train_views_to_source_before": round(before["train_to_source"], 3),
+        "psnr_train_views_to_source_after": round(after["train_to_source"], 3),
         "steps": len(step_metrics),
         "seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / max(1, len(step_metrics)), 3),
@@ -221,12 +255,16 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
             phase: mean(f"time_{phase}_s") for phase in ("render", "vae", "unet", "backward", "total")
         },
         "backprop": getattr(pipeline.scene, "mode", None),
-        "proposal_relative_change": round(_relative_change(proposals_before, _parameters(pipeline.model, "proposal_networks.")), 5)
+        "proposal_relative_change": round(
+            _relative_change(proposals_before, _parameters(pipeline.model, "proposal_networks.")), 5
+        )
         if proposals_before
         else None,
         "field_relative_change": round(_relative_change(fields_before, _parameters(pipeline.model, "field.")), 5)
         if fields_before
         else None,
+        "gaussians_before": gaussians_before,
+        "gaussians_after": _gaussian_count(pipeline.model),
         "train_views": len(views),
         "held_out_views": len(eval_target_images),
         "render_size": [views.width, views.height],

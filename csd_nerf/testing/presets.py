@@ -7,22 +7,35 @@ reads these model settings back from the source run's ``config.yml``, so only th
 
 from __future__ import annotations
 
-__all__ = ["CPU_MACHINE", "CPU_NERFACTO", "QUIET", "nerfacto_cpu_training"]
+__all__ = ["CPU_MACHINE", "CPU_NERFACTO_MODEL", "CPU_NERFACTO", "QUIET", "nerfacto_cpu_training", "as_flags"]
 
 CPU_MACHINE = ["--machine.device-type", "cpu", "--pipeline.model.implementation", "torch"]
 """nerfacto on a CPU: the torch implementation of its hash grid and MLPs."""
 
-CPU_NERFACTO = [
-    "--pipeline.model.hidden-dim", "16",
-    "--pipeline.model.hidden-dim-color", "16",
-    "--pipeline.model.num-levels", "6",
-    "--pipeline.model.log2-hashmap-size", "13",
-    "--pipeline.model.max-res", "128",
-    "--pipeline.model.num-nerf-samples-per-ray", "16",
-    "--pipeline.model.num-proposal-samples-per-ray", "32", "16",
-    "--pipeline.model.appearance-embed-dim", "8",
-]  # fmt: skip
-"""The model: a small field and fewer samples per ray."""
+CPU_NERFACTO_MODEL: dict[str, object] = {
+    "hidden_dim": 16,
+    "hidden_dim_color": 16,
+    "num_levels": 6,
+    "log2_hashmap_size": 13,
+    "max_res": 128,
+    "num_nerf_samples_per_ray": 16,
+    "num_proposal_samples_per_ray": (32, 16),
+    "appearance_embed_dim": 8,
+}
+"""The model: a small field and fewer samples per ray (``NerfactoModelConfig`` fields)."""
+
+
+def as_flags(fields: dict[str, object], prefix: str = "--pipeline.model.") -> list[str]:
+    """``{"num_levels": 6, "x": (1, 2)}`` as ``ns-train`` flags: ``--pipeline.model.num-levels 6 ... 1 2``."""
+    flags: list[str] = []
+    for name, value in fields.items():
+        values = value if isinstance(value, tuple | list) else (value,)
+        flags += [prefix + name.replace("_", "-"), *(str(v) for v in values)]
+    return flags
+
+
+CPU_NERFACTO = as_flags(CPU_NERFACTO_MODEL)
+""":data:`CPU_NERFACTO_MODEL` as ``ns-train`` flags."""
 
 QUIET = ["--vis", "tensorboard", "--logging.local-writer.enable", "False"]
 """No viewer and no per-step table: for scripted runs."""

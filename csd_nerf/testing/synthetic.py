@@ -32,6 +32,7 @@ class SceneLayout:
 
     big_centre: Vec3 = (0.0, 0.0, 0.55)
     big_radius: float = 0.55
+    stripe_colours: tuple[Vec3, Vec3] = ((0.85, 0.25, 0.2), (0.95, 0.8, 0.3))
     small_centre: Vec3 = (0.55, 0.45, 0.3)
     small_radius: float = 0.3
     small_colour: Vec3 = (0.2, 0.7, 0.35)
@@ -42,9 +43,14 @@ class SceneLayout:
 
 LAYOUTS = {
     "source": SceneLayout(),
-    # The small green sphere moved, enlarged and turned magenta; the blue box turned orange.
+    # The striped ball turned blue and white, the small green sphere moved, enlarged and turned magenta, the blue
+    # box turned orange: an edit that changes much of every view, so a NeRF fit of CPU quality can show it.
     "edited": SceneLayout(
-        small_centre=(0.3, 0.8, 0.42), small_radius=0.42, small_colour=(0.85, 0.25, 0.75), box_colour=(0.95, 0.55, 0.1)
+        stripe_colours=((0.15, 0.3, 0.85), (0.92, 0.92, 0.95)),
+        small_centre=(0.3, 0.8, 0.42),
+        small_radius=0.42,
+        small_colour=(0.85, 0.25, 0.75),
+        box_colour=(0.95, 0.55, 0.1),
     ),
 }
 
@@ -62,6 +68,8 @@ class SyntheticSceneConfig:
     seed: int = 0
     layout: str = "source"
     """A key of :data:`LAYOUTS`."""
+    num_points: int = 3000
+    """Surface points written to ``sparse_pc.ply`` (what COLMAP gives a real capture; splatfacto starts from it)."""
 
 
 def look_at(position: np.ndarray, target: np.ndarray, world_up: np.ndarray | None = None) -> np.ndarray:
@@ -101,8 +109,9 @@ def _box_hits(origins: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndar
     return np.where(hit, t_near, np.inf), normals
 
 
-def _shade_rays(origins: np.ndarray, dirs: np.ndarray, layout: SceneLayout) -> np.ndarray:
-    """Colour of each ray: the nearest primitive with Lambert shading, else the sky gradient."""
+def _shade_rays(origins: np.ndarray, dirs: np.ndarray, layout: SceneLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Colour of each ray (the nearest primitive with Lambert shading, else the sky gradient) and its hit
+    distance (inf for the sky)."""
     n = len(dirs)
     light = np.array([0.4, -0.3, 0.85])
     light = light / np.linalg.norm(light)
@@ -126,7 +135,7 @@ def _shade_rays(origins: np.ndarray, dirs: np.ndarray, layout: SceneLayout) -> n
     m = which == 0
     normals[m] = (points[m] - big_c) / layout.big_radius
     stripes = (np.floor((np.arctan2(normals[m, 1], normals[m, 0]) + math.pi) / (math.pi / 4)) % 2)[:, None]
-    albedo[m] = np.where(stripes > 0, [0.85, 0.25, 0.2], [0.95, 0.8, 0.3])
+    albedo[m] = np.where(stripes > 0, layout.stripe_colours[0], layout.stripe_colours[1])
     m = which == 1
     normals[m] = (points[m] - small_c) / layout.small_radius
     albedo[m] = layout.small_colour
@@ -142,7 +151,7 @@ def _shade_rays(origins: np.ndarray, dirs: np.ndarray, layout: SceneLayout) -> n
     colour = albedo * (0.3 + 0.7 * lambert)
     sky = np.clip(dirs[:, 2:3], -1.0, 1.0) * 0.5 + 0.5
     background = (1 - sky) * np.array([0.85, 0.85, 0.9]) + sky * np.array([0.35, 0.55, 0.85])
-    return np.where(np.isfinite(t_hit)[:, None], colour, background).clip(0.0, 1.0)
+    return np.where(np.isfinite(t_hit)[:, None], colour, background).clip(0.0, 1.0), t_hit
 
 
 def _camera_positions(config: SyntheticSceneConfig) -> list[np.ndarray]:
@@ -183,15 +192,23 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
     cam_dirs = np.stack([(u - cx) / focal, -(v - cy) / focal, -np.ones_like(u)], axis=-1).reshape(-1, 3)
 
     frames = []
+    rng = np.random.default_rng(config.seed)
+    points, colours = [], []
+    per_view = -(-config.num_points // config.num_views)
     for i, position in enumerate(_camera_positions(config)):
         c2w = look_at(position, np.array([0.0, 0.0, 0.3]))
         dirs = cam_dirs @ c2w[:3, :3].T
         dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
         origins = np.broadcast_to(c2w[:3, 3], dirs.shape)
-        rgb = _shade_rays(origins, dirs, LAYOUTS[config.layout]).reshape(h, w, 3)
+        shaded, t_hit = _shade_rays(origins, dirs, LAYOUTS[config.layout])
         name = f"images/frame_{i:05d}.png"
-        Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(output_dir / name)
+        Image.fromarray((shaded.reshape(h, w, 3) * 255 + 0.5).astype(np.uint8)).save(output_dir / name)
         frames.append({"file_path": name, "transform_matrix": c2w.tolist()})
+        hits = np.flatnonzero(np.isfinite(t_hit))
+        picked = rng.choice(hits, size=min(per_view, len(hits)), replace=False)
+        points.append(origins[picked] + t_hit[picked, None] * dirs[picked])
+        colours.append(shaded[picked])
+    _write_ply(output_dir / "sparse_pc.ply", np.concatenate(points), np.concatenate(colours))
 
     transforms = {
         "camera_model": "OPENCV",
@@ -205,10 +222,23 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
         "k2": 0.0,
         "p1": 0.0,
         "p2": 0.0,
+        "ply_file_path": "sparse_pc.ply",
         "frames": frames,
     }
     (output_dir / "transforms.json").write_text(json.dumps(transforms, indent=2))
     return output_dir
+
+
+def _write_ply(path: Path, points: np.ndarray, colours: np.ndarray) -> None:
+    """An ASCII point cloud with 8-bit colours, as ns-process-data writes one."""
+    rgb = (colours * 255 + 0.5).astype(np.uint8)
+    header = (
+        f"ply\nformat ascii 1.0\nelement vertex {len(points)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    rows = [f"{x:.5f} {y:.5f} {z:.5f} {r} {g} {b}" for (x, y, z), (r, g, b) in zip(points, rgb, strict=True)]
+    path.write_text(header + "\n".join(rows) + "\n")
 
 
 def make_scene_pair(folder: Path, config: SyntheticSceneConfig | None = None) -> tuple[Path, Path]:
