@@ -73,30 +73,56 @@ class EditControls:
         }
 
     def install(self, viewer: Any) -> None:
-        """Add the group to a running nerfstudio viewer (``trainer.viewer_state``), above its own controls."""
+        """Add the group to a running nerfstudio viewer (``trainer.viewer_state``), above its own controls.
+
+        Falls back to the viewer's current container (the panel's root), with viser's default order, when the
+        Control tab cannot be found (another nerfstudio or viser).
+        """
         server = viewer.viser_server
-        gui = server.gui
         tab, order = _control_tab(viewer)
-        previous = gui._get_container_id()
-        if tab is not None:
-            gui._set_container_id(tab)  # viser 0.2.7 places new elements in the thread's current container
-        try:
-            folder = gui.add_folder("CSD-Edit", order=order)
-        finally:
-            gui._set_container_id(previous)
+        if tab is None:
+            folder = server.gui.add_folder("CSD-Edit", order=order)
+        else:
+            with tab:  # viser adds new elements to the container entered last (in this thread)
+                folder = server.gui.add_folder("CSD-Edit", order=order)
         with folder:
-            for element in self.elements:
+            for element in self.elements:  # default orders increase: the instruction first
                 element.install(server)
 
 
-def _control_tab(viewer: Any) -> tuple[str | None, float | None]:
-    """The Control tab's container id and an order that sorts before its first element (viser 0.2.7 internals)."""
-    handles = [h for h in vars(getattr(viewer, "control_panel", object())).values() if hasattr(h, "_impl")]
-    handles = [h for h in handles if hasattr(h._impl, "parent_container_id") and hasattr(h._impl, "order")]
-    if not handles:
+def _control_tab(viewer: Any) -> tuple[Any, float | None]:
+    """The viewer's Control tab (a viser tab handle, usable as a context) and an order below all it holds.
+
+    viser 0.2.7 internals, because nerfstudio keeps neither the tab nor its tab group (only ``control_panel``,
+    whose elements were created inside the tab) and viser has no public way to look a container up. From a
+    control's handle, follow the server's container table (``gui._container_handle_from_id``) up through its
+    folders to the tab, then take the smallest ``order`` of the tab's children (``_children``: nerfstudio's
+    controls, its folders ("Render Options", ...) and any "Custom Elements"). The order alone is not enough:
+    ``control_panel``'s attributes are mostly nerfstudio ``ViewerElement`` wrappers, not viser handles, and its
+    first element ("Train Speed") is not the tab's smallest order in general. Returns (None, None) when any of
+    this is missing.
+    """
+    panel = getattr(viewer, "control_panel", None)
+    server = getattr(viewer, "viser_server", None)
+    containers = getattr(getattr(server, "gui", None), "_container_handle_from_id", None)
+    if panel is None or not isinstance(containers, dict):
         return None, None
-    first = min(handles, key=lambda h: h._impl.order)
-    return first._impl.parent_container_id, first._impl.order - 1.0
+    parents = []
+    for value in vars(panel).values():
+        handle = getattr(value, "gui_handle", value)  # a nerfstudio ViewerElement wraps its viser handle
+        parent = getattr(getattr(handle, "_impl", None), "parent_container_id", None)
+        if isinstance(parent, str):
+            parents.append(parent)
+    for parent in parents:
+        container, seen = containers.get(parent), set()
+        while container is not None and id(container) not in seen:
+            seen.add(id(container))
+            if hasattr(container, "_parent") and hasattr(container, "_children"):  # a GuiTabHandle
+                orders = [getattr(c, "order", None) for c in container._children.values()]
+                orders = [o for o in orders if isinstance(o, (int, float))]
+                return container, (min(orders) - 1.0 if orders else None)
+            container = containers.get(getattr(container, "_parent_container_id", None))  # a folder's parent
+    return None, None
 
 
 class EditingPipeline:
