@@ -10,7 +10,6 @@ It also lets stock nerfstudio read checkpoints under torch >= 2.6 (see ``csd_ner
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,42 +117,74 @@ def _nerfacto_edit(small: bool) -> TrainerConfig:
     return _edit_trainer("csd-edit-small" if small else "csd-edit", pipeline, optimizers, ("nerfacto",))
 
 
-def _splatfacto_optimizers(max_steps: int) -> dict:
-    """splatfacto's optimisers (derived from nerfstudio's own config, so renamed groups follow), with the
-    decaying schedules stretched over ``max_steps``."""
-    from nerfstudio.configs.method_configs import method_configs
+def splatfacto_optimizers(max_steps: int) -> dict:
+    """splatfacto's optimisers (nerfstudio 1.1.5's ``method_configs["splatfacto"]``), decaying over ``max_steps``.
 
-    optimizers = copy.deepcopy(method_configs["splatfacto"].optimizers)
-    for group in optimizers.values():
-        scheduler = group.get("scheduler")
-        if scheduler is not None and hasattr(scheduler, "max_steps"):
-            scheduler.max_steps = max_steps
-            if getattr(scheduler, "warmup_steps", 0):
-                scheduler.warmup_steps = min(scheduler.warmup_steps, max_steps // 10)
-    return optimizers
+    Written out because that module cannot be imported from here (it discovers plugins, this module among them,
+    at import); a test holds these to nerfstudio's own, so a renamed group fails loudly, not silently.
+    """
+    from nerfstudio.engine.optimizers import AdamOptimizerConfig
+    from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+
+    warmup = min(1000, max_steps // 10)
+
+    def adam(lr: float, scheduler=None) -> dict:
+        return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
+
+    return {
+        "means": adam(1.6e-4, ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)),
+        "features_dc": adam(0.0025),
+        "features_rest": adam(0.0025 / 20),
+        "opacities": adam(0.05),
+        "scales": adam(0.005),
+        "quats": adam(0.001),
+        "camera_opt": adam(
+            1e-4,
+            ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0),
+        ),
+        "bilateral_grid": adam(
+            2e-3,
+            ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0),
+        ),
+    }
 
 
 def _splat_edit() -> TrainerConfig:
     from csd_nerf.nerf.splat_pipeline import CSDSplatPipelineConfig
 
-    optimizers = _splatfacto_optimizers(EDIT_STEPS)
+    optimizers = splatfacto_optimizers(EDIT_STEPS)
     return _edit_trainer("csd-edit-splat", CSDSplatPipelineConfig(), optimizers, ("splatfacto", "splatfacto-cpu"))
 
 
 def _splatfacto_cpu() -> TrainerConfig:
-    from nerfstudio.configs.method_configs import method_configs
+    """splatfacto's trainer config (nerfstudio 1.1.5) with the CPU model, sized for small scenes."""
+    from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+    from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
     from csd_nerf.nerf.splat_model import SplatfactoCPUModelConfig
 
     steps = 3000
-    config = copy.deepcopy(method_configs["splatfacto"])
-    config.method_name = "splatfacto-cpu"
-    config.max_num_iterations = steps
-    config.steps_per_save = 500
-    config.machine.device_type = "cpu"
-    config.pipeline.model = SplatfactoCPUModelConfig()
-    config.optimizers = _splatfacto_optimizers(steps)
-    return config
+    return TrainerConfig(
+        method_name="splatfacto-cpu",
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=500,
+        steps_per_eval_all_images=1000,
+        max_num_iterations=steps,
+        mixed_precision=False,
+        machine=MachineConfig(device_type="cpu"),
+        pipeline=VanillaPipelineConfig(
+            datamanager=FullImageDatamanagerConfig(
+                dataparser=NerfstudioDataParserConfig(load_3D_points=True), cache_images_type="uint8"
+            ),
+            model=SplatfactoCPUModelConfig(),
+        ),
+        optimizers=splatfacto_optimizers(steps),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
 
 
 def _spec(name: str, build: Callable[[], TrainerConfig], source_method: str | None) -> MethodSpecification:

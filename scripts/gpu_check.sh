@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one command (issue 11; docs/gpu_check.md). On the GPU machine:
+# The GPU check in one command (README, "The GPU check"). On the GPU machine:
 #
 #   bash scripts/gpu_check.sh --output "$OUT"               # installs .whl/ into a scratch target, runs the stages
 #   bash scripts/gpu_check.sh --rehearse --output DIR       # here, on a CPU: the same stages at tiny sizes

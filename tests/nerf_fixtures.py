@@ -145,3 +145,36 @@ def build_pipeline(source: Path, **pipeline_options):
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     load_model_weights(pipeline.model, run.checkpoint)
     return pipeline
+
+
+SPLAT_SOURCE_STEPS = 30
+SPLAT_EDIT_STEPS = 3
+
+
+def splat_source_run(base: Path) -> Path:
+    """A ``ns-train splatfacto-cpu`` run of the synthetic scene (initialised from its point cloud)."""
+    scene = synthetic_scene(base)
+
+    def build(folder: Path) -> None:
+        args = ["ns-train", "splatfacto-cpu", "--data", str(scene), "--output-dir", str(folder / "outputs")]
+        args += QUIET + ["--max-num-iterations", str(SPLAT_SOURCE_STEPS), "--steps-per-save", str(SPLAT_SOURCE_STEPS)]
+        _check(run_tool(args, base, cwd=folder), "ns-train splatfacto-cpu")
+
+    return single_run(_once(base / "splat_source", build) / "outputs", "splatfacto-cpu")
+
+
+def splat_edited_run(base: Path) -> Path:
+    """``ns-train csd-edit-splat`` with the tiny prior for a few steps on :func:`splat_source_run`."""
+    source = splat_source_run(base)
+
+    def build(folder: Path) -> None:
+        args = ["ns-train", "csd-edit-splat", "--load-dir", str(source / "nerfstudio_models")]
+        args += ["--output-dir", str(folder / "outputs"), "--max-num-iterations", str(SPLAT_EDIT_STEPS)]
+        args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny"]
+        args += ["--pipeline.num-particles", "2", "--pipeline.preview-every", "2", "--machine.device-type", "cpu"]
+        args += QUIET
+        proc = run_tool(args, base, cwd=folder)
+        _check(proc, "ns-train csd-edit-splat")
+        (folder / "stdout.txt").write_text(proc.stdout + proc.stderr)
+
+    return single_run(_once(base / "splat_edited", build) / "outputs", "csd-edit-splat")

@@ -80,14 +80,18 @@ def test_ns_train_csd_edit_end_to_end(source, edited):
     assert "no meaningful edit" in log and "backprop auto ->" in log
 
 
-def test_proposal_networks_and_fields_keep_learning_past_the_warm_up(edited):
-    """Between the checkpoints of steps 12 and 23 (past nerfacto's 10-step warm-up) every proposal-network tensor
-    and the fields change: proposal sampling follows the edit instead of staying at the source geometry."""
+def test_proposal_networks_and_fields_keep_learning_past_the_warm_up(source, edited):
+    """Between the checkpoints of steps 12 and 23 (past nerfacto's 10-step warm-up) every proposal-network and
+    field tensor the edit trains keeps changing: proposal sampling follows the edit instead of staying at the
+    source geometry."""
+    before = _weights(source)
     middle = _checkpoint_weights(edited / "nerfstudio_models" / f"step-{SAVE_EVERY:09d}.ckpt")
     last = _checkpoint_weights(edited / "nerfstudio_models" / f"step-{EDIT_STEPS - 1:09d}.ckpt")
-    proposal = [k for k in last if k.startswith("proposal_networks.")]
-    field = [k for k in last if k.startswith("field.") and "embedding_appearance" not in k]
-    assert len(proposal) >= 10 and len(field) >= 5
+    # What the edit trains is what moved in its first 12 steps (buffers such as the aabb never move).
+    trained = [k for k in middle if k in before and not torch.equal(middle[k], before[k])]
+    proposal = [k for k in trained if k.startswith("proposal_networks.")]
+    field = [k for k in trained if k.startswith("field.")]
+    assert len(proposal) >= 10 and len(field) >= 5, trained
     assert [k for k in proposal if torch.equal(middle[k], last[k])] == []
     assert [k for k in field if torch.equal(middle[k], last[k])] == []
 
@@ -214,7 +218,8 @@ def test_missing_checkpoint_is_a_one_line_error(base, tmp_path):
 
 def test_incompatible_checkpoint_is_a_one_line_error(base, source, tmp_path):
     args = ["ns-train", "csd-edit", "--load-dir", str(source / "nerfstudio_models"), "--pipeline.prompt", "x"]
-    args += ["--pipeline.model.log2-hashmap-size", "13", "--pipeline.ip2p-model", "tiny"]
+    # The source was trained with 2**13 entries (tiny preset); 2**12 cannot hold its weights.
+    args += ["--pipeline.model.log2-hashmap-size", "12", "--pipeline.ip2p-model", "tiny", "--max-num-iterations", "1"]
     proc = run_tool(args + ["--output-dir", str(tmp_path)] + CPU + QUIET, base, cwd=tmp_path)
     line = _one_line_error(proc)
     assert "does not fit this model" in line and "hash_table" in line

@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(video, APP_DEFAULTS["video"] | {"particles_help": "frames per step (all frames when there are fewer)"})
     frames = video.add_argument_group("frames")
     frames.add_argument(
-        "--size", type=int, default=512, help="working long side in px (aspect kept, sides multiples of the VAE's 8)"
+        "--size",
+        type=int,
+        default=512,
+        help="working long side in px (aspect kept, sides multiples of the VAE's factor, 8 for SD)",
     )
     frames.add_argument("--fps", type=float, default=10.0, help="frame rate of a folder of frames (files keep theirs)")
     frames.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call")
@@ -169,8 +172,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SettingError(f"--vae-batch {args.vae_batch}: use at least 1")
     if args.command == "panorama" and (args.window < 1 or args.stride < 1):
         raise SettingError(f"--window {args.window} and --stride {args.stride}: use at least 1 latent pixel each")
-    if args.command == "video" and args.size < 8:
-        raise SettingError(f"--size {args.size}: use at least 8 px")
+    if args.command == "video" and args.size < 1:
+        raise SettingError(f"--size {args.size}: use a positive number of pixels")
 
 
 def _versions() -> dict:

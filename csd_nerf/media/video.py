@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from csd_nerf.errors import SettingError
 from csd_nerf.media.latents import LatentSetScene
 from csd_nerf.sizes import fit_long_side
 
@@ -19,7 +20,7 @@ def working_size(width: int, height: int, long_side: int, latent_factor: int) ->
     """``(width, height)`` with the long side ``long_side`` and the aspect kept, both sides multiples of the
     VAE's ``latent_factor``."""
     if long_side < latent_factor:
-        raise ValueError(f"working size {long_side} px: use at least {latent_factor} (one latent pixel)")
+        raise SettingError(f"--size {long_side} px: use at least {latent_factor} (one latent pixel of the VAE)")
     return fit_long_side(width, height, long_side, latent_factor)
 
 

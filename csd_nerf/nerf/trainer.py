@@ -48,9 +48,8 @@ def resolve_source(config: CSDTrainerConfig) -> None:
     if not pipeline.prompt.strip():
         raise SettingError('the edit prompt is empty: pass --pipeline.prompt "Turn the bear into a grizzly bear"')
     if config.machine.device_type == "cuda" and not torch.cuda.is_available():
-        raise SettingError(
-            "no CUDA device is available: pass --machine.device-type cpu --pipeline.model.implementation torch"
-        )
+        torch_flag = " --pipeline.model.implementation torch" if hasattr(pipeline.model, "implementation") else ""
+        raise SettingError(f"no CUDA device is available: pass --machine.device-type cpu{torch_flag}")
     source = find_source(
         config.load_dir,
         config.load_step,

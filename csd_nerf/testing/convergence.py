@@ -17,7 +17,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,9 @@ class ConvergenceConfig:
     work_dir: Path
     """Where the source run and the edit run are written (a new folder of the caller's)."""
     representation: str = "nerfacto"
-    steps: int = 100
+    steps: int = 200
     """Edit steps."""
-    source_steps: int = 600
+    source_steps: int = 1000
     num_particles: int = 4
     render_resolution: int = 64
     coupling: bool = True
@@ -52,6 +52,12 @@ class ConvergenceConfig:
     seed: int = 0
     extra_pipeline: dict[str, Any] = field(default_factory=dict)
     """Further ``config.pipeline`` fields (e.g. ``densify`` for splats)."""
+    source_run: Path | None = None
+    """An existing source run to edit (default: the one in ``work_dir/outputs``, trained there if missing)."""
+    held_out_fraction: float = 0.2
+    """Views the source run holds out (its dataparser's eval split), on which the edit is measured."""
+    source_flags: list[str] = field(default_factory=list)
+    """Further ``ns-train`` flags of the source run (e.g. a model preset)."""
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,15 +67,26 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_source(
-    data: Path, outputs: Path, steps: int, method: str = "nerfacto", log: Callable[[str], None] = print
+    data: Path,
+    outputs: Path,
+    steps: int,
+    method: str = "nerfacto",
+    log: Callable[[str], None] = print,
+    held_out_fraction: float = 0.2,
+    extra: Sequence[str] = (),
 ) -> Path:
-    """Train ``method`` on ``data`` with stock ``ns-train`` (CPU preset); returns the run folder."""
+    """Train ``method`` on ``data`` with stock ``ns-train`` (CPU preset), holding out ``held_out_fraction`` of the
+    views; returns the run folder."""
     if method == "nerfacto":
         flags = nerfacto_cpu_training(steps)
     else:  # splatfacto-cpu is CPU-sized already
         flags = ["--machine.device-type", "cpu", "--max-num-iterations", str(steps), "--steps-per-save", str(steps)]
+    split = ["nerfstudio-data", "--train-split-fraction", str(1.0 - held_out_fraction)]
+    if method != "nerfacto":
+        split.insert(1, "--load-3D-points")
+        split.insert(2, "True")
     exe = Path(sys.executable).with_name("ns-train")
-    command = [str(exe), method, "--data", str(data), "--output-dir", str(outputs), *QUIET, *flags]
+    command = [str(exe), method, "--data", str(data), "--output-dir", str(outputs), *QUIET, *flags, *extra, *split]
     started = time.perf_counter()
     proc = subprocess.run(command, env=offline_tool_env(outputs.parent / "tools"), capture_output=True, text=True)
     if proc.returncode != 0:

@@ -144,7 +144,8 @@ def _shade_rays(origins: np.ndarray, dirs: np.ndarray, layout: SceneLayout) -> t
     albedo[m] = layout.box_colour
     m = which == 3
     normals[m] = [0.0, 0.0, 1.0]
-    checker = ((np.floor(points[m, 0] * 3) + np.floor(points[m, 1] * 3)) % 2)[:, None]
+    # Squares of 0.5 units: a few pixels wide in a 32-64 px view, so a CPU-sized NeRF can fit the floor.
+    checker = ((np.floor(points[m, 0] * 2) + np.floor(points[m, 1] * 2)) % 2)[:, None]
     albedo[m] = np.where(checker > 0, [0.75, 0.75, 0.72], [0.35, 0.33, 0.3])
 
     lambert = np.clip(np.einsum("ij,j->i", normals, light), 0.0, 1.0)[:, None]
