@@ -131,7 +131,6 @@ def build_pipeline(source: Path, **pipeline_options):
     import copy
 
     from csd_nerf.method_configs.csd_edit import csd_edit_method
-
     from csd_nerf.nerf.source import find_source, inherit_source_config, load_model_weights
 
     config = copy.deepcopy(csd_edit_method.config)

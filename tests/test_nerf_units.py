@@ -256,7 +256,6 @@ def test_cuda_default_on_a_cpu_machine_names_the_cpu_flags(source):
     import copy
 
     from csd_nerf.method_configs.csd_edit import csd_edit_method
-
     from csd_nerf.nerf.trainer import resolve_source
 
     config = copy.deepcopy(csd_edit_method.config)
@@ -270,7 +269,6 @@ def test_empty_prompt_is_a_clear_error(source):
     import copy
 
     from csd_nerf.method_configs.csd_edit import csd_edit_method
-
     from csd_nerf.nerf.trainer import resolve_source
 
     config = copy.deepcopy(csd_edit_method.config)

@@ -58,7 +58,6 @@ def test_a_checkpoint_with_another_number_of_gaussians_loads(base, source, tmp_p
     import copy
 
     from csd_nerf.method_configs.csd_edit import csd_edit_splat_method
-
     from csd_nerf.nerf.source import find_source, inherit_source_config, load_model_weights
 
     state = load_checkpoint(_checkpoint(source))
