@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--representation", choices=sorted(SOURCE_METHOD), default="nerfacto")
     parser.add_argument("--ip2p-model", default="tiny", help="tiny (offline, no real edit), a hub id, or a folder")
     parser.add_argument("--prompt", default="Turn the striped ball into a blue glass ball")
-    parser.add_argument("--size", type=int, default=48, help="image size of the synthetic views (pixels)")
-    parser.add_argument("--views", type=int, default=24)
+    parser.add_argument("--size", type=int, default=40, help="image size of the synthetic views (pixels)")
+    parser.add_argument("--views", type=int, default=40)
     parser.add_argument("--source-steps", type=int, default=600)
     parser.add_argument("--edit-steps", type=int, default=8, help="steps of the text edit")
     parser.add_argument(

@@ -146,7 +146,7 @@ def build_pipeline(source: Path, **pipeline_options):
     return pipeline
 
 
-SPLAT_SOURCE_STEPS = 30
+SPLAT_SOURCE_STEPS = 100
 SPLAT_EDIT_STEPS = 3
 
 

@@ -26,6 +26,14 @@ def target(base) -> Path:
     return _once(base / "target", lambda folder: make_synthetic_scene(folder, config))
 
 
+def _toward_target(report: dict, views: str) -> float:
+    """How much more the ``held_out`` or ``train`` views moved toward the target than toward the source (dB): an
+    edit, not just more fitting of a source trained for a few steps only."""
+    prefix = "psnr" if views == "held_out" else "psnr_train_views"
+    to_target = report[f"{prefix}_after"] - report[f"{prefix}_before"]
+    return to_target - (report[f"{prefix}_to_source_after"] - report[f"{prefix}_to_source_before"])
+
+
 def _edit(base: Path, work: Path, target: Path, representation: str, steps: int) -> dict:
     source = source_run(base) if representation == "nerfacto" else splat_source_run(base)
     config = ConvergenceConfig(
@@ -38,13 +46,18 @@ def _edit(base: Path, work: Path, target: Path, representation: str, steps: int)
         render_resolution=32,
         source_run=source,
     )
-    return run_known_answer_edit(config, log=lambda message: None)
+    report = run_known_answer_edit(config, log=lambda message: None)
+    print(report)  # shown when an assertion fails
+    return report
 
 
 def test_nerfacto_edit_converges_toward_the_target(base, target, tmp_path):
     report = _edit(base, tmp_path, target, "nerfacto", steps=60)
     assert report["steps"] == 60
-    assert report["psnr_gain"] >= 1.0, report  # held-out views, never edited directly
+    assert report["psnr_gain"] >= 0.5, report  # 2 held-out views, never edited directly
+    # The fixture's source is fitted for 60 steps only, so every view also gets closer to the source; the
+    # training views (22 of them, against 2 held out) show the edit's direction beyond that.
+    assert _toward_target(report, "train") >= 0.5, report
     assert report["psnr_train_views_after"] >= report["psnr_train_views_before"] + 1.5, report
     assert report["proposal_relative_change"] > 0.01 and report["field_relative_change"] > 0.01
 
@@ -55,7 +68,8 @@ def test_nerfacto_edit_toward_the_source_does_no_harm(base, tmp_path):
 
 
 def test_splat_edit_converges_toward_the_target(base, target, tmp_path):
-    report = _edit(base, tmp_path, target, "splat", steps=40)
-    assert report["psnr_gain"] >= 1.0, report
+    report = _edit(base, tmp_path, target, "splat", steps=60)
+    assert report["psnr_gain"] >= 1.0 and _toward_target(report, "held_out") >= 1.0, report
+    assert _toward_target(report, "train") >= 1.5, report
     assert report["psnr_train_views_after"] >= report["psnr_train_views_before"] + 1.5, report
     assert report["gaussians_after"] == report["gaussians_before"]  # densification off by default

@@ -187,11 +187,12 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     method = "nerfacto" if cfg.representation == "nerfacto" else "splatfacto-cpu"
     outputs = cfg.work_dir / "outputs"
     existing = sorted(outputs.glob(f"*/{method}/*/nerfstudio_models/step-*.ckpt"))
-    source_run = (
-        existing[-1].parent.parent
-        if existing
-        else train_source(cfg.source_data, outputs, cfg.source_steps, method, log)
-    )
+    if cfg.source_run is not None:
+        source_run = cfg.source_run
+    elif existing:
+        source_run = existing[-1].parent.parent
+    else:
+        source_run = train_source(cfg.source_data, outputs, cfg.source_steps, method, log)
 
     config = _edit_config(cfg, source_run)
     holder: dict[str, Any] = {}

@@ -72,6 +72,12 @@ class SyntheticSceneConfig:
     """Surface points written to ``sparse_pc.ply`` (what COLMAP gives a real capture; splatfacto starts from it)."""
 
 
+CENTRE = np.array([0.0, 0.0, 0.3])
+"""What the cameras look at."""
+SKY_RADIUS = 3.0
+"""Radius of the sky's backdrop points in ``sparse_pc.ply``, in camera-orbit radii."""
+
+
 def look_at(position: np.ndarray, target: np.ndarray, world_up: np.ndarray | None = None) -> np.ndarray:
     """OpenGL/nerfstudio camera-to-world matrix (camera looks along -z, y up) placed at ``position``."""
     world_up = np.array([0.0, 0.0, 1.0]) if world_up is None else world_up
@@ -93,6 +99,14 @@ def _sphere_hits(origins: np.ndarray, dirs: np.ndarray, centre: np.ndarray, radi
     disc = b * b - c
     t = -b - np.sqrt(np.maximum(disc, 0.0))
     return np.where((disc > 0) & (t > 1e-4), t, np.inf)
+
+
+def _backdrop_hits(origins: np.ndarray, dirs: np.ndarray, radius: float) -> np.ndarray:
+    """Where rays from inside leave the sphere of ``radius`` around the scene's centre."""
+    oc = origins - CENTRE
+    b = np.einsum("ij,ij->i", oc, dirs)
+    t = -b + np.sqrt(b * b - np.einsum("ij,ij->i", oc, oc) + radius**2)
+    return origins + t[:, None] * dirs
 
 
 def _box_hits(origins: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +184,7 @@ def _camera_positions(config: SyntheticSceneConfig) -> list[np.ndarray]:
                 math.cos(elevation) * math.sin(azimuth),
                 math.sin(elevation),
             ]
-            positions.append(config.radius * np.array(direction) + np.array([0.0, 0.0, 0.3]))
+            positions.append(config.radius * np.array(direction) + CENTRE)
     return positions
 
 
@@ -197,7 +211,7 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
     points, colours = [], []
     per_view = -(-config.num_points // config.num_views)
     for i, position in enumerate(_camera_positions(config)):
-        c2w = look_at(position, np.array([0.0, 0.0, 0.3]))
+        c2w = look_at(position, CENTRE)
         dirs = cam_dirs @ c2w[:3, :3].T
         dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
         origins = np.broadcast_to(c2w[:3, 3], dirs.shape)
@@ -209,6 +223,12 @@ def make_synthetic_scene(output_dir: Path, config: SyntheticSceneConfig | None =
         picked = rng.choice(hits, size=min(per_view, len(hits)), replace=False)
         points.append(origins[picked] + t_hit[picked, None] * dirs[picked])
         colours.append(shaded[picked])
+        # The sky as a distant backdrop: without points there, splatfacto has nothing to grow it from and
+        # renders its background colour instead (COLMAP likewise finds points on a real capture's far walls).
+        sky_rays = np.flatnonzero(~np.isfinite(t_hit))
+        sky = rng.choice(sky_rays, size=min(per_view // 2, len(sky_rays)), replace=False)
+        points.append(_backdrop_hits(origins[sky], dirs[sky], SKY_RADIUS * config.radius))
+        colours.append(shaded[sky])
     _write_ply(output_dir / "sparse_pc.ply", np.concatenate(points), np.concatenate(colours))
 
     transforms = {
