@@ -73,3 +73,33 @@ def test_splat_edit_converges_toward_the_target(base, target, tmp_path):
     assert _toward_target(report, "train") >= 1.5, report
     assert report["psnr_train_views_after"] >= report["psnr_train_views_before"] + 1.5, report
     assert report["gaussians_after"] == report["gaussians_before"]  # densification off by default
+
+
+def test_source_flags_and_held_out_fraction_reach_the_source_run(tmp_path, monkeypatch):
+    """The bench's --source-flags and --held-out shape the ns-train command that trains the source."""
+    import csd_nerf.testing.convergence as convergence
+
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(command, **kwargs):
+        seen.append(command)
+        raise Stop
+
+    monkeypatch.setattr(convergence.subprocess, "run", fake_run)
+    config = ConvergenceConfig(
+        source_data=tmp_path / "source",
+        target_data=tmp_path / "target",
+        work_dir=tmp_path / "work",
+        representation="splat",
+        held_out_fraction=0.25,
+        source_flags=["--pipeline.model.stop-split-at", "1"],
+    )
+    with pytest.raises(Stop):
+        run_known_answer_edit(config, log=lambda message: None)
+    command = seen[0]
+    assert command[1] == "splatfacto-cpu"
+    assert command[command.index("--pipeline.model.stop-split-at") + 1] == "1"
+    assert command[command.index("--train-split-fraction") + 1] == "0.75"

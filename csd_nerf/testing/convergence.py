@@ -192,7 +192,9 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     elif existing:
         source_run = existing[-1].parent.parent
     else:
-        source_run = train_source(cfg.source_data, outputs, cfg.source_steps, method, log)
+        source_run = train_source(
+            cfg.source_data, outputs, cfg.source_steps, method, log, cfg.held_out_fraction, cfg.source_flags
+        )
 
     config = _edit_config(cfg, source_run)
     holder: dict[str, Any] = {}
