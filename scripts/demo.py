@@ -1,6 +1,6 @@
 """csd-edit demo, offline on a CPU: synthetic scene -> source run -> csd-edit -> known-answer edit -> videos + export.
 
-    python scripts/demo.py                              # nerfacto, ~8 minutes on 2 CPU cores, no download
+    python scripts/demo.py                              # nerfacto, ~9 minutes on 2 CPU cores, no download
     python scripts/demo.py --representation splat       # Gaussian splats (splatfacto-cpu, csd-edit-splat)
     python scripts/demo.py --ip2p-model timbrooks/instruct-pix2pix --prompt "Make it look like winter"  # a real edit
 
@@ -15,6 +15,7 @@ change of the 3D scene, and is labelled as what it is: a convergence check, not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from csd_nerf.testing.offline import offline_tool_env, torch_home_for_offline_ne
 from csd_nerf.testing.presets import CPU_MACHINE, CPU_NERFACTO, QUIET
 from csd_nerf.testing.synthetic import SyntheticSceneConfig, make_scene_pair
 
-CONSOLE = Console(highlight=False)
+CONSOLE = Console(highlight=False, file=sys.stdout)  # fixed: a stage may redirect sys.stdout to its log
 MARKER = ".csd-nerf-demo"
 SOURCE_METHOD = {"nerfacto": "nerfacto", "splat": "splatfacto-cpu"}
 EDIT_METHOD = {"nerfacto": "csd-edit", "splat": "csd-edit-splat"}
@@ -129,10 +130,11 @@ def _side_by_side(before: Path, after: Path, target: Path, fps: int, label: str 
     return write_video(target, Video(np.ascontiguousarray(frames), Fraction(fps), "file"))
 
 
-def _known_answer_edit(args: argparse.Namespace, out: Path, source: Path, target: Path) -> dict:
+def _known_answer_edit(args: argparse.Namespace, runner: Runner, source: Path, target: Path) -> dict:
     """The csd-edit trainer with the known-answer prior toward ``target`` (in this process)."""
     from csd_nerf.testing.convergence import ConvergenceConfig, run_known_answer_edit
 
+    out = runner.out
     config = ConvergenceConfig(
         source_data=source,
         target_data=target,
@@ -146,11 +148,17 @@ def _known_answer_edit(args: argparse.Namespace, out: Path, source: Path, target
         f"\n[bold]known-answer edit[/bold]  ({args.known_answer_steps} steps of the {EDIT_METHOD[args.representation]} "
         f"trainer, each view pulled toward the target scene's image of its camera)"
     )
+    log = runner.logs / f"{len(runner.timings) + 1:02d}-known-answer-edit.log"
+    CONSOLE.print(f"  (log: {log.relative_to(out)})")
     started = time.perf_counter()
-    with CONSOLE.status("known-answer edit ..."):
-        report = run_known_answer_edit(config, log=lambda message: None)
+    # In this process: the trainer's own output goes to the log, as the other stages' does.
+    with CONSOLE.status("known-answer edit ..."), open(log, "w") as handle:
+        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+            report = run_known_answer_edit(config, log=print)
+    seconds = time.perf_counter() - started
+    runner.timings.append(("known-answer edit", seconds))
     CONSOLE.print(
-        f"  done in {time.perf_counter() - started:.0f} s: held-out PSNR to the target "
+        f"  done in {seconds:.0f} s: held-out PSNR to the target "
         f"{report['psnr_before']:.1f} -> {report['psnr_after']:.1f} dB"
     )
     return report
@@ -206,7 +214,7 @@ def run_demo(args: argparse.Namespace) -> Path:
 
     report = None
     if known_answer:
-        report = _known_answer_edit(args, out, scene, target)
+        report = _known_answer_edit(args, runner, scene, target)
         edited = _run_folder(outputs, edit_method, experiment="known-answer")
 
     videos = out / "videos"
