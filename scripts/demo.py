@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -72,7 +73,7 @@ class Runner:
     def run(self, name: str, args: list[str]) -> str:
         exe = Path(sys.executable).parent / args[0]
         command = [str(exe) if exe.exists() else args[0], *args[1:]]
-        slug = "-".join(word for word in name.replace("(", "").replace(")", "").split()[:3])
+        slug = "-".join(re.findall(r"[a-z0-9]+", name.lower())[:3])
         log = self.logs / f"{len(self.timings) + 1:02d}-{slug}.log"
         CONSOLE.print(f"\n[bold]{name}[/bold]  (log: {log.relative_to(self.out)})")
         CONSOLE.print(f"  $ {shlex.join(args)}", soft_wrap=True)
@@ -270,8 +271,8 @@ def run_demo(args: argparse.Namespace) -> Path:
             "once; a GPU is strongly advised):\n"
             f"  python scripts/demo.py --overwrite --representation {representation} "
             f'--ip2p-model timbrooks/instruct-pix2pix --size 256 --prompt "{args.prompt}"\n'
-            "or on your own scene, trained first with ns-train nerfacto:\n"
-            '  ns-train csd-edit --data data/bear --pipeline.prompt "Turn the bear into a grizzly bear"',
+            f"or on your own scene, trained first with ns-train {'nerfacto' if representation == 'nerfacto' else 'splatfacto'}:\n"
+            f'  ns-train {edit_method} --data data/bear --pipeline.prompt "Turn the bear into a grizzly bear"',
             soft_wrap=True,
         )
     return out
