@@ -16,7 +16,7 @@ def _frames(n: int = 4, h: int = 24, w: int = 32) -> np.ndarray:
     # Flat colours survive lossy video codecs well enough to check frame order.
     out = np.zeros((n, h, w, 3), np.uint8)
     for k in range(n):
-        out[k] = (40 * k + 20, 200 - 30 * k, 90)
+        out[k] = (20 + 230 * k // max(n - 1, 1), 220 - 200 * k // max(n - 1, 1), 90)  # distinct, in 0..255
     return out
 
 
