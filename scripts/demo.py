@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from csd_nerf.errors import UserError
+from csd_nerf.errors import UserError, first_line
 from csd_nerf.media.output import OutputError, check_replaceable
 from csd_nerf.testing.offline import offline_tool_env, torch_home_for_offline_nerfacto
 from csd_nerf.testing.presets import CPU_MACHINE, CPU_NERFACTO, QUIET
@@ -36,6 +36,8 @@ from csd_nerf.testing.synthetic import SyntheticSceneConfig, make_scene_pair
 
 CONSOLE = Console(highlight=False, file=sys.stdout)  # fixed: a stage may redirect sys.stdout to its log
 MARKER = ".csd-nerf-demo"
+MIN_VIEWS = 10
+"""nerfstudio holds out 10 % of the views: fewer than 10 leave none to measure the known-answer edit on."""
 SOURCE_METHOD = {"nerfacto": "nerfacto", "splat": "splatfacto-cpu"}
 EDIT_METHOD = {"nerfacto": "csd-edit", "splat": "csd-edit-splat"}
 KNOWN_ANSWER_LABEL = "KNOWN-ANSWER PRIOR (a convergence check, not a text edit): source | edited"
@@ -168,12 +170,16 @@ def _known_answer_edit(args: argparse.Namespace, runner: Runner, source: Path, t
 def run_demo(args: argparse.Namespace) -> Path:
     """All stages; returns the output folder."""
     start = time.perf_counter()
+    known_answer = args.ip2p_model == "tiny" and args.known_answer_steps > 0
+    if known_answer and args.views < MIN_VIEWS:
+        raise DemoError(
+            f"--views {args.views} is too few: the known-answer edit needs at least {MIN_VIEWS} (it holds views out)"
+        )
     out = _prepare_output(Path(args.output), args.overwrite)
     runner = Runner(out)
     _, real_alexnet = torch_home_for_offline_nerfacto(out / "tools")
     representation = args.representation
     source_method, edit_method = SOURCE_METHOD[representation], EDIT_METHOD[representation]
-    known_answer = args.ip2p_model == "tiny" and args.known_answer_steps > 0
 
     CONSOLE.print(f"[bold]csd-nerf demo[/bold] ({representation}) -> {out}")
     scene, target = make_scene_pair(
@@ -300,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run_demo(args)
-    except DemoError as exc:
-        CONSOLE.print(f"[bold red]demo: {exc}", soft_wrap=True)
+    except UserError as exc:
+        CONSOLE.print(f"[bold red]demo: {first_line(exc)}", soft_wrap=True)
         return 1
     return 0
 

@@ -312,12 +312,23 @@ def test_model_construction_needs_no_lpips_download(pipeline):
 # --- the demo ------------------------------------------------------------------------------------------------------
 
 
-def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
+def _demo_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("csd_demo", Path(__file__).parent.parent / "scripts" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_demo_with_too_few_views_to_hold_out_stops_before_writing(tmp_path, capsys):
+    assert _demo_module().main(["--views", "8", "--output", str(tmp_path / "out")]) == 1
+    assert "--views 8 is too few" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
+    demo = _demo_module()
     (tmp_path / "mine.txt").write_text("keep me")
     assert demo.main(["--output", str(tmp_path)]) == 1
     assert demo.main(["--output", str(tmp_path), "--overwrite"]) == 1

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from csd_nerf.errors import UserError
 from csd_nerf.testing.offline import offline_tool_env
 from csd_nerf.testing.presets import QUIET, nerfacto_cpu_training
 
@@ -211,6 +212,11 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     holder["train_targets"] = _target_views(
         pipeline, cfg.target_data, "train", cfg.render_resolution, prior.latent_factor
     )
+    if len(pipeline.datamanager.eval_dataset) == 0:
+        raise UserError(
+            f"the source run {source_run} holds out no views to measure on: use more views or a larger held-out "
+            "fraction (nerfstudio-data --train-split-fraction)"
+        )
     eval_targets = _target_views(pipeline, cfg.target_data, "val", 0, 1)
     eval_target_images = eval_targets.source_images(list(range(len(eval_targets))))
     eval_source_images = torch.stack(
