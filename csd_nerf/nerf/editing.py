@@ -12,6 +12,7 @@ The diffusion prior is loaded only when the trainer asks for it (:meth:`EditingP
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,7 +126,7 @@ def _control_tab(viewer: Any) -> tuple[Any, float | None]:
     return None, None
 
 
-class EditingPipeline:
+class EditingPipeline(ABC):
     """Mixin of a nerfstudio pipeline whose training step is the shared CSD-Edit step over training views.
 
     Subclasses provide :meth:`make_scene` (the :class:`~csd_nerf.editor.Scene` over the model) and set
@@ -146,8 +147,9 @@ class EditingPipeline:
         # Only a training run has anything to steer; a rendered or exported run builds no viewer controls.
         self.controls = EditControls(self.config) if test_mode == "val" else None
 
+    @abstractmethod
     def make_scene(self, guidance: Any) -> Any:
-        raise NotImplementedError
+        """The :class:`~csd_nerf.editor.Scene` whose views this pipeline's model renders for ``guidance``."""
 
     def edit_config(self) -> CSDEditConfig:
         """The CSD-Edit step's settings, read off this pipeline's config (they are the same fields)."""

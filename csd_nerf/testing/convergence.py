@@ -82,10 +82,8 @@ def train_source(
         flags = nerfacto_cpu_training(steps)
     else:  # splatfacto-cpu is CPU-sized already
         flags = ["--machine.device-type", "cpu", "--max-num-iterations", str(steps), "--steps-per-save", str(steps)]
-    split = ["nerfstudio-data", "--train-split-fraction", str(1.0 - held_out_fraction)]
-    if method != "nerfacto":
-        split.insert(1, "--load-3D-points")
-        split.insert(2, "True")
+    points = [] if method == "nerfacto" else ["--load-3D-points", "True"]  # splats start from the point cloud
+    split = ["nerfstudio-data", *points, "--train-split-fraction", str(1.0 - held_out_fraction)]
     exe = Path(sys.executable).with_name("ns-train")
     command = [str(exe), method, "--data", str(data), "--output-dir", str(outputs), *QUIET, *flags, *extra, *split]
     started = time.perf_counter()
@@ -187,7 +185,7 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     method = "nerfacto" if cfg.representation == "nerfacto" else "splatfacto-cpu"
     outputs = cfg.work_dir / "outputs"
-    existing = sorted(outputs.glob(f"*/{method}/*/nerfstudio_models/step-*.ckpt"))
+    existing = [] if cfg.source_run else sorted(outputs.glob(f"*/{method}/*/nerfstudio_models/step-*.ckpt"))
     if cfg.source_run is not None:
         source_run = cfg.source_run
     elif existing:
