@@ -6,7 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "SettingError", "first_line"]
+__all__ = ["UserError", "SettingError", "first_line", "check_text"]
 
 
 class UserError(Exception):
@@ -27,3 +27,20 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__
+
+
+def check_text(value: str, flag: str) -> str:
+    """``value`` unchanged when it is valid UTF-8 text, else a :class:`SettingError` naming ``flag``.
+
+    Python hands undecodable command-line bytes over as lone surrogates (``'\\udcff'``), which tokenizers
+    reject deep inside; this says so in one line instead.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value.encode("utf-8", "surrogateescape")[exc.start : exc.start + 1]
+        raise SettingError(
+            f"{flag} is not valid UTF-8 text (byte 0x{bad.hex() if bad else '??'} at position {exc.start}): "
+            f"retype it, or set a UTF-8 locale (e.g. LANG=C.UTF-8) in the shell that passes it"
+        ) from None
+    return value

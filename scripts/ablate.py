@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="Turn it into a Van Gogh painting", help="edit instruction")
     p.add_argument("--source-caption", default="a photo", help="caption of the source (CLIP directional)")
     p.add_argument("--target-caption", default="a Van Gogh painting", help="caption of the intended edit")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="IP2P hub id, folder or 'tiny'")
+    p.add_argument("--ip2p-model", "--model", dest="model", default=DEFAULT_MODEL, help="IP2P hub id, folder or 'tiny'")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP for the metrics (see csd-eval)")
     p.add_argument("--tiny", action="store_true", help="random tiny IP2P and CLIP, small budget: a smoke run")
 
@@ -246,12 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="in all-frames steps; scaled by F/N per cell",
     )
     b.add_argument("--guidance-scale", type=float, default=EDIT_DEFAULTS.guidance_scale)
-    b.add_argument("--image-guidance-scale", type=float, default=EDIT_DEFAULTS.image_guidance_scale)
+    b.add_argument("--image-guidance-scale", type=float, default=video["image_guidance_scale"])
     b.add_argument("--t-min", type=int, default=EDIT_DEFAULTS.t_min)
     b.add_argument("--t-max", type=int, default=EDIT_DEFAULTS.t_max)
 
     c = p.add_argument_group("compute and output")
-    c.add_argument("--size", type=int, default=None, help="working long side in px (default 512; --tiny 64)")
+    c.add_argument(
+        "--size", type=int, default=None, help="working long side in px (default: the model's, 512 for SD; --tiny 64)"
+    )
     c.add_argument("--device", default="auto")
     c.add_argument("--dtype", default="auto")
     c.add_argument("--max-unet-batch", type=int, default=0)
@@ -265,16 +267,15 @@ def _resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.tiny:
         args.model, args.clip_model = "tiny", "tiny"
     from csd_nerf.media.cli import APP_DEFAULTS
-    from csd_nerf.media.video import DEFAULT_LONG_SIDE
 
-    full = {"updates_per_frame": APP_DEFAULTS["video"]["steps"], "size": DEFAULT_LONG_SIDE}
+    full = {"updates_per_frame": APP_DEFAULTS["video"]["steps"]}  # the size: the model's own (VideoJob)
     defaults = TINY_DEFAULTS if args.tiny else full
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     from csd_nerf.errors import SettingError
 
-    if args.updates_per_frame < 1 or args.steps < 0 or args.size < 8:
+    if args.updates_per_frame < 1 or args.steps < 0 or (args.size is not None and args.size < 8):
         raise SettingError("--updates-per-frame must be >= 1, --steps >= 0 and --size >= 8")
     if any(n < 1 for n in args.num_particles) or any(not (bw > 0 and math.isfinite(bw)) for bw in args.bandwidth):
         raise SettingError("--num-particles values must be >= 1 and --bandwidth values positive")

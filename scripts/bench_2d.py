@@ -63,7 +63,7 @@ def run_case(args: argparse.Namespace) -> dict:
 
     if args.case == "panorama":
         width, height = args.panorama_size
-        job = PanoramaJob(synthetic_image(height, width), window=64, stride=16)
+        job = PanoramaJob(synthetic_image(height, width))  # window and stride from the model
         particles = args.num_particles or 4
     else:
         frames = np.stack([synthetic_image(args.frame_size, args.frame_size, seed=i) for i in range(args.frames)])
@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 on CPU, 10 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: 0 on CPU, 2 on CUDA)")
-    parser.add_argument("--num-particles", type=int, default=0, help="0: 4 windows / all frames per step")
+    parser.add_argument(
+        "--num-particles", type=int, default=0, help="0: csd-edit-2d's defaults (windows / all frames per step)"
+    )
     parser.add_argument("--panorama-size", type=_size, default=(2048, 512), help="WIDTHxHEIGHT in px")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--frame-size", type=int, default=512)

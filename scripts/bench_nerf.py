@@ -20,6 +20,7 @@ on a GPU.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -107,7 +108,10 @@ def run_single(spec: dict) -> dict:
 
         from csd_nerf.nerf.splat_pipeline import CSDSplatPipelineConfig
 
-        parser = NerfstudioDataParserConfig(data=Path(spec["scene"]), load_3D_points=True)
+        # nerfstudio reads the point cloud with open3d; without it (a bare GPU machine) splatfacto starts from
+        # random Gaussians, which times the same step.
+        points = importlib.util.find_spec("open3d") is not None
+        parser = NerfstudioDataParserConfig(data=Path(spec["scene"]), load_3D_points=points)
         config = CSDSplatPipelineConfig(datamanager=FullImageDatamanagerConfig(dataparser=parser), **settings)
     else:
         from csd_nerf.nerf.model import CSDNerfactoModelConfig
@@ -131,7 +135,7 @@ def run_single(spec: dict) -> dict:
 
     pipeline.train()
     if spec["representation"] == "splat":
-        pipeline.model.densify = False  # a benchmark step has no trainer (optimisers) to densify with
+        pipeline.model.config.densify = False  # a benchmark step has no trainer (optimisers) to densify with
 
     def step(i: int) -> dict:
         pipeline.model.zero_grad(set_to_none=True)

@@ -28,16 +28,19 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from csd_nerf.errors import UserError, first_line
+from csd_nerf.editor import CSDEditConfig
+from csd_nerf.errors import SettingError, UserError, check_text, first_line
 from csd_nerf.media.output import OutputError, check_replaceable
 from csd_nerf.testing.offline import offline_tool_env, torch_home_for_offline_nerfacto
-from csd_nerf.testing.presets import CPU_MACHINE, CPU_NERFACTO, QUIET
-from csd_nerf.testing.synthetic import SyntheticSceneConfig, make_scene_pair
+from csd_nerf.testing.presets import CPU_MACHINE, CPU_NERFACTO, EXACT_POSES, QUIET
+from csd_nerf.testing.synthetic import LOCAL_REGION, SyntheticSceneConfig, make_scene_triple
 
 CONSOLE = Console(highlight=False, file=sys.stdout)  # fixed: a stage may redirect sys.stdout to its log
 MARKER = ".csd-nerf-demo"
 MIN_VIEWS = 10
 """nerfstudio holds out 10 % of the views: fewer than 10 leave none to measure the known-answer edit on."""
+MIN_SIZE = 8
+"""The synthetic views' smallest side: one latent pixel of the VAE."""
 SOURCE_METHOD = {"nerfacto": "nerfacto", "splat": "splatfacto-cpu"}
 EDIT_METHOD = {"nerfacto": "csd-edit", "splat": "csd-edit-splat"}
 KNOWN_ANSWER_LABEL = "KNOWN-ANSWER PRIOR (a convergence check, not a text edit): source | edited"
@@ -133,8 +136,11 @@ def _side_by_side(before: Path, after: Path, target: Path, fps: int, label: str 
     return write_video(target, Video(np.ascontiguousarray(frames), Fraction(fps), "file"))
 
 
-def _known_answer_edit(args: argparse.Namespace, runner: Runner, source: Path, target: Path) -> dict:
-    """The csd-edit trainer with the known-answer prior toward ``target`` (in this process)."""
+def _known_answer_edit(
+    args: argparse.Namespace, runner: Runner, source: Path, target: Path, local: Path | None = None
+) -> dict:
+    """The csd-edit trainer with the known-answer prior toward ``target`` (in this process); with ``local``, inside
+    :data:`LOCAL_REGION` only, measured against the local target."""
     from csd_nerf.testing.convergence import ConvergenceConfig, run_known_answer_edit
 
     out = runner.out
@@ -146,10 +152,13 @@ def _known_answer_edit(args: argparse.Namespace, runner: Runner, source: Path, t
         steps=args.known_answer_steps,
         num_particles=args.particles,
         render_resolution=args.size,
+        region=(*LOCAL_REGION[0], *LOCAL_REGION[1]) if local is not None else None,
+        local_target_data=local,
     )
+    where = " inside the box around the blue box only" if local is not None else ""
     CONSOLE.print(
         f"\n[bold]known-answer edit[/bold]  ({args.known_answer_steps} steps of the {EDIT_METHOD[args.representation]} "
-        f"trainer, each view pulled toward the target scene's image of its camera)"
+        f"trainer, each view pulled toward the target scene's image of its camera{where})"
     )
     log = runner.logs / f"{len(runner.timings) + 1:02d}-known-answer-edit.log"
     CONSOLE.print(f"  (log: {log.relative_to(out)})")
@@ -164,17 +173,60 @@ def _known_answer_edit(args: argparse.Namespace, runner: Runner, source: Path, t
         f"  done in {seconds:.0f} s: held-out PSNR to the target "
         f"{report['psnr_before']:.1f} -> {report['psnr_after']:.1f} dB"
     )
+    if local is not None:
+        CONSOLE.print(
+            f"  local edit: held-out PSNR to the local target (only the box changed) {report['psnr_local_before']:.1f}"
+            f" -> {report['psnr_local_after']:.1f} dB; to the source outside the box "
+            f"{report['psnr_outside_source_before']:.1f} -> {report['psnr_outside_source_after']:.1f} dB"
+        )
     return report
+
+
+def _region_flags(source_run: Path) -> list[str]:
+    """``--pipeline.region.*`` of :data:`LOCAL_REGION` in the source run's world (its dataparser transform)."""
+    import json
+
+    import torch
+
+    from csd_nerf.nerf.region import RegionConfig
+
+    transforms = json.loads((source_run / "dataparser_transforms.json").read_text())
+    region = RegionConfig.from_dataset_box(
+        LOCAL_REGION[0], LOCAL_REGION[1], torch.tensor(transforms["transform"]), transforms["scale"]
+    )
+    flags = []
+    for name in ("center", "rotation", "scale"):
+        flags += [f"--pipeline.region.{name}", *(f"{v:.5f}" for v in getattr(region, name))]
+    return flags
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every setting, before anything is written: a :class:`SettingError` in one line otherwise."""
+    check_text(args.prompt, "--prompt")
+    if not args.prompt.strip():
+        raise SettingError('--prompt is empty: pass an instruction, e.g. "Turn the ball into a glass ball"')
+    if args.size < MIN_SIZE:
+        raise SettingError(f"--size {args.size}: use at least {MIN_SIZE} pixels (one latent pixel of the VAE)")
+    for flag, value, least in (
+        ("--views", args.views, 2),
+        ("--source-steps", args.source_steps, 1),
+        ("--edit-steps", args.edit_steps, 1),
+        ("--particles", args.particles, 1),
+        ("--known-answer-steps", args.known_answer_steps, 0),
+    ):
+        if value < least:
+            raise SettingError(f"{flag} {value}: use at least {least}")
+    if args.ip2p_model == "tiny" and args.known_answer_steps > 0 and args.views < MIN_VIEWS:
+        raise SettingError(
+            f"--views {args.views} is too few: the known-answer edit needs at least {MIN_VIEWS} (it holds views out)"
+        )
 
 
 def run_demo(args: argparse.Namespace) -> Path:
     """All stages; returns the output folder."""
     start = time.perf_counter()
+    check_args(args)
     known_answer = args.ip2p_model == "tiny" and args.known_answer_steps > 0
-    if known_answer and args.views < MIN_VIEWS:
-        raise DemoError(
-            f"--views {args.views} is too few: the known-answer edit needs at least {MIN_VIEWS} (it holds views out)"
-        )
     out = _prepare_output(Path(args.output), args.overwrite)
     runner = Runner(out)
     _, real_alexnet = torch_home_for_offline_nerfacto(out / "tools")
@@ -182,9 +234,10 @@ def run_demo(args: argparse.Namespace) -> Path:
     source_method, edit_method = SOURCE_METHOD[representation], EDIT_METHOD[representation]
 
     CONSOLE.print(f"[bold]csd-nerf demo[/bold] ({representation}) -> {out}")
-    scene, target = make_scene_pair(
+    scene, target, local = make_scene_triple(
         out / "data", SyntheticSceneConfig(num_views=args.views, width=args.size, height=args.size)
     )
+    local = local if args.region else None
     CONSOLE.print(f"\n[bold]scene[/bold]  {args.views} synthetic views of {args.size}x{args.size} px in {scene}")
     if known_answer:
         CONSOLE.print(f"  and the target of the known-answer edit (same cameras, edited objects) in {target}")
@@ -197,7 +250,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     outputs = out / "outputs"
     common = ["--output-dir", str(outputs), *QUIET]
     if representation == "nerfacto":
-        train = [*CPU_MACHINE, *CPU_NERFACTO, "--pipeline.datamanager.train-num-rays-per-batch", "1024"]
+        train = [*CPU_MACHINE, *CPU_NERFACTO, *EXACT_POSES, "--pipeline.datamanager.train-num-rays-per-batch", "1024"]
         edit_flags = list(CPU_MACHINE)
     else:
         # Keep the point cloud's Gaussians (no densification): the CPU rasteriser's time grows with their number.
@@ -209,19 +262,20 @@ def run_demo(args: argparse.Namespace) -> Path:
         + ["--max-num-iterations", str(args.source_steps), "--steps-per-save", str(args.source_steps)],
     )
     source = _run_folder(outputs, source_method)
+    region_flags = _region_flags(source) if args.region else []
 
     edit_log = runner.run(
         f"edit it ({edit_method}, the command a user types)",
         ["ns-train", edit_method, "--data", str(scene), *common, *edit_flags]
         + ["--pipeline.prompt", args.prompt, "--pipeline.ip2p-model", args.ip2p_model]
         + ["--max-num-iterations", str(args.edit_steps), "--pipeline.preview-every", str(max(1, args.edit_steps // 4))]
-        + ["--pipeline.num-particles", str(args.particles)],
+        + ["--pipeline.num-particles", str(args.particles), *region_flags],
     )
     edited = _run_folder(outputs, edit_method, experiment=scene.name)
 
     report = None
     if known_answer:
-        report = _known_answer_edit(args, runner, scene, target)
+        report = _known_answer_edit(args, runner, scene, target, local)
         edited = _run_folder(outputs, edit_method, experiment="known-answer")
 
     videos = out / "videos"
@@ -285,20 +339,36 @@ def run_demo(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="A faster first try (about half the work: half the views and source steps, 80 known-answer steps; "
+        "a weaker known-answer edit): --views 20 --source-steps 300 --known-answer-steps 80",
+    )
     parser.add_argument("--output", default="demo_out", help="new folder for everything the demo writes")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo folder")
-    parser.add_argument("--representation", choices=sorted(SOURCE_METHOD), default="nerfacto")
+    parser.add_argument(
+        "--representation", choices=sorted(SOURCE_METHOD), default="nerfacto", help="nerfacto or Gaussian splats"
+    )
     parser.add_argument("--ip2p-model", default="tiny", help="tiny (offline, no real edit), a hub id, or a folder")
-    parser.add_argument("--prompt", default="Turn the striped ball into a blue glass ball")
-    parser.add_argument("--size", type=int, default=40, help="image size of the synthetic views (pixels)")
-    parser.add_argument("--views", type=int, default=40)
-    parser.add_argument("--source-steps", type=int, default=600)
+    parser.add_argument("--prompt", default="Turn the striped ball into a blue glass ball", help="the edit instruction")
+    parser.add_argument(
+        "--size", type=int, default=40, help=f"side of the synthetic views in pixels (at least {MIN_SIZE})"
+    )
+    parser.add_argument(
+        "--views", type=int, default=40, help=f"synthetic views (at least {MIN_VIEWS} for the known-answer edit)"
+    )
+    parser.add_argument("--source-steps", type=int, default=600, help="training steps of the source scene")
     parser.add_argument("--edit-steps", type=int, default=8, help="steps of the text edit")
     parser.add_argument(
         "--known-answer-steps", type=int, default=150, help="steps of the known-answer edit (0: skip it)"
     )
-    parser.add_argument("--particles", type=int, default=4, help="views per CSD step")
+    parser.add_argument("--particles", type=int, default=CSDEditConfig.num_particles, help="views per CSD step")
+    parser.add_argument(
+        "--region",
+        action="store_true",
+        help="a local edit: both edits act inside a box around the scene's blue box only (--pipeline.region)",
+    )
     return parser
 
 

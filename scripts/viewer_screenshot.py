@@ -7,6 +7,8 @@ A manual check of where the CSD-Edit controls land in the real browser client (t
     /tmp/pwvenv/bin/python scripts/viewer_screenshot.py --url http://localhost:7007 --out /tmp/vw/viewer.png
     # also type a new instruction and press "Resume Training":
     /tmp/pwvenv/bin/python scripts/viewer_screenshot.py --prompt "Turn the ball red" --resume
+    # also set an edit region (centre and scale) and switch it on:
+    /tmp/pwvenv/bin/python scripts/viewer_screenshot.py --region 0.1,0,-0.5,0.3,0.3,0.3 --resume
 
 It prints the Control tab's labels in display order (folders marked ``[folder]``) and exits 1 when the
 "CSD-Edit" folder is missing, not above nerfstudio's own controls, or not in the expected order.
@@ -29,7 +31,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EXPECTED = ["Edit instruction", "Text guidance scale", "Image guidance scale"]
+EXPECTED = [
+    "Edit instruction",
+    "Text guidance scale",
+    "Image guidance scale",
+    "Edit inside the box only",
+    "Box center",
+    "Box rotation",
+    "Box scale",
+]
+"""The labels inside the CSD-Edit folder, in order (the last four in its "Edit region" subfolder)."""
 
 # The labels of the visible Control tab panel in document order: folder titles and input labels, each with the
 # chain of folder titles it sits in. viser 0.2.7 draws a folder as a bordered Mantine Paper whose first child (a
@@ -69,6 +80,7 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/vw/csd_edit_viewer.png")
     parser.add_argument("--prompt", default=None, help="type this into 'Edit instruction' (then press Enter)")
     parser.add_argument("--resume", action="store_true", help="press the viewer's 'Resume Training' button")
+    parser.add_argument("--region", default=None, help="CX,CY,CZ,SX,SY,SZ: type an edit region in and switch it on")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--html", default=None, help="also write the page's HTML here")
@@ -95,6 +107,17 @@ def main() -> int:
                 field = label.locator("xpath=ancestor::div[contains(@class, 'mantine-Flex-root')][1]//input").first
                 field.fill(args.prompt)
                 field.press("Enter")
+                page.wait_for_timeout(1000)
+            if args.region is not None:
+                values = [v.strip() for v in args.region.split(",")]
+                for name, numbers in (("Box center", values[:3]), ("Box scale", values[3:])):
+                    label = page.locator("label", has_text=name).first
+                    row = label.locator("xpath=ancestor::div[contains(@class, 'mantine-Flex-root')][1]")
+                    for k, number in enumerate(numbers):
+                        field = row.locator("input").nth(k)
+                        field.fill(number)
+                        field.press("Enter")
+                page.locator("label", has_text="Edit inside the box only").first.click()
                 page.wait_for_timeout(1000)
             if args.resume:
                 page.get_by_role("button", name="Resume Training").first.click()

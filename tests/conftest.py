@@ -35,3 +35,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- trained scenes, shared by the nerfstudio test modules ---------------------------------------------------
+# A module says which representation its ``source``/``edited`` are with ``REPRESENTATION = "splat"`` (default
+# nerfacto). Each scene is trained once per session (nerf_fixtures builds it under a lock).
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """The per-session folder the trained scenes live in."""
+    from nerf_fixtures import session_base
+
+    return session_base(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def source(request, base):
+    """The stock source run (nerfacto, or splatfacto-cpu where the module's REPRESENTATION is "splat")."""
+    from nerf_fixtures import source_run, splat_source_run
+
+    return (
+        splat_source_run(base) if getattr(request.module, "REPRESENTATION", "nerfacto") == "splat" else source_run(base)
+    )
+
+
+@pytest.fixture(scope="module")
+def edited(request, base):
+    """The source run edited with ns-train csd-edit (or csd-edit-splat) and the tiny prior."""
+    from nerf_fixtures import edited_run, splat_edited_run
+
+    return (
+        splat_edited_run(base) if getattr(request.module, "REPRESENTATION", "nerfacto") == "splat" else edited_run(base)
+    )

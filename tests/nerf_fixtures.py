@@ -90,7 +90,8 @@ def source_run(base: Path) -> Path:
 
     def build(folder: Path) -> None:
         args = ["ns-train", "nerfacto", "--data", str(scene), "--output-dir", str(folder / "outputs")]
-        args += QUIET + nerfacto_cpu_training(SOURCE_STEPS, rays_per_batch=512)
+        # nerfacto's own pose refinement on: the edit must keep the source's pose corrections (frozen).
+        args += QUIET + nerfacto_cpu_training(SOURCE_STEPS, rays_per_batch=512, exact_poses=False)
         _check(run_tool(args, base, cwd=folder), "ns-train nerfacto")
 
     return single_run(_once(base / "source", build) / "outputs", "nerfacto")
@@ -146,6 +147,24 @@ def build_pipeline(source: Path, **pipeline_options):
     return pipeline
 
 
+def build_splat_pipeline(source: Path, **pipeline_options):
+    """An in-process csd-edit-splat pipeline (CPU, no prior loaded) with the splat source run's Gaussians."""
+    import copy
+
+    from csd_nerf.method_configs.csd_edit import csd_edit_splat_method
+    from csd_nerf.nerf.source import find_source, inherit_source_config, load_model_weights
+
+    config = copy.deepcopy(csd_edit_splat_method.config)
+    config.machine.device_type = "cpu"
+    for key, value in pipeline_options.items():
+        setattr(config.pipeline, key, value)
+    run = find_source(source / "nerfstudio_models", None, None)
+    inherit_source_config(config, run, argv=[])
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    load_model_weights(pipeline.model, run.checkpoint)
+    return pipeline
+
+
 SPLAT_SOURCE_STEPS = 100
 SPLAT_EDIT_STEPS = 3
 
@@ -177,3 +196,95 @@ def splat_edited_run(base: Path) -> Path:
         (folder / "stdout.txt").write_text(proc.stdout + proc.stderr)
 
     return single_run(_once(base / "splat_edited", build) / "outputs", "csd-edit-splat")
+
+
+def dataparser_source_run(base: Path, method: str) -> Path:
+    """A run trained as ``ns-train METHOD --output-dir outputs nerfstudio-data --data scene``: the data given to the
+    dataparser subcommand, both paths relative to the folder it ran in (a copy of the synthetic scene there)."""
+    scene = synthetic_scene(base)
+
+    def build(folder: Path) -> None:
+        shutil.copytree(scene, folder / "scene")
+        args = ["ns-train", method, *QUIET, "--output-dir", "outputs"]
+        if method == "nerfacto":
+            args += nerfacto_cpu_training(3, rays_per_batch=256)
+        else:
+            args += ["--machine.device-type", "cpu", "--max-num-iterations", "3", "--steps-per-save", "3"]
+        _check(run_tool([*args, "nerfstudio-data", "--data", "scene"], base, cwd=folder), f"ns-train {method}")
+
+    return single_run(_once(base / f"dataparser_{method}", build) / "outputs", method)
+
+
+CONVERGENCE_SOURCE_STEPS = 500
+
+
+def convergence_source_run(base: Path) -> Path:
+    """nerfacto fitted well enough to edit (500 steps; the shared source's 60 leave it at ~12 dB) on the synthetic
+    scene, a quarter of the views held out to measure on: trained the way scripts/bench_convergence.py does."""
+    from csd_nerf.testing.convergence import train_source
+
+    scene = synthetic_scene(base)
+
+    def build(folder: Path) -> None:
+        train_source(scene, folder / "outputs", CONVERGENCE_SOURCE_STEPS, "nerfacto", lambda m: None, 0.25)
+
+    return single_run(_once(base / "convergence_source", build) / "outputs", "nerfacto")
+
+
+def video_frames(path: Path):
+    """The decoded frames of a video file, ``[T, H, W, 3]`` uint8."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def ply_vertex_count(path: Path) -> int:
+    """The vertex count a .ply header declares (the header is text, whatever the body's format)."""
+    header = path.read_bytes()[:4000].split(b"end_header")[0].decode()
+    return int(next(line.split()[-1] for line in header.splitlines() if line.startswith("element vertex")))
+
+
+IDU_EDIT_STEPS = 6
+IDU_EVERY = 4
+IDU_VIEWS = 3
+"""The idu run: updates at steps 0 and 4 (3 views each, 6 distinct: drawn without replacement), checkpoints at
+steps 3 and 5."""
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path."""
+    import hashlib
+
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def idu_edited_run(base: Path) -> Path:
+    """``ns-train csd-edit --pipeline.mode idu`` with the tiny prior on :func:`source_run`: two dataset updates, two
+    checkpoints; the data folder's digests before the run are kept beside it (``scene_digests.json``)."""
+    import json
+
+    source = source_run(base)
+    scene = synthetic_scene(base)
+
+    def build(folder: Path) -> None:
+        (folder / "scene_digests.json").write_text(json.dumps(file_digests(scene)))
+        args = ["ns-train", "csd-edit", "--load-dir", str(source / "nerfstudio_models")]
+        args += ["--output-dir", str(folder / "outputs"), "--max-num-iterations", str(IDU_EDIT_STEPS)]
+        args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny"]
+        args += ["--pipeline.mode", "idu", "--pipeline.idu-every", str(IDU_EVERY)]
+        args += ["--pipeline.idu-views", str(IDU_VIEWS), "--pipeline.idu-steps", "2"]
+        args += ["--pipeline.render-resolution", "16", "--pipeline.preview-every", "4"]
+        args += ["--pipeline.datamanager.train-num-rays-per-batch", "256"]
+        args += ["--steps-per-save", "3", "--save-only-latest-checkpoint", "False"]
+        args += CPU + QUIET
+        proc = run_tool(args, base, cwd=folder)
+        _check(proc, "ns-train csd-edit --pipeline.mode idu")
+        (folder / "stdout.txt").write_text(proc.stdout + proc.stderr)
+
+    return single_run(_once(base / "idu_edited", build) / "outputs", "csd-edit")

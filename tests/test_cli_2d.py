@@ -19,7 +19,7 @@ from csd_nerf.media.cli import main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-FAST = ["--model", "tiny", "--steps", "3", "--quiet"]
+FAST = ["--ip2p-model", "tiny", "--steps", "3", "--quiet"]
 PANORAMA = ["--window", "8", "--stride", "4"]
 
 
@@ -65,14 +65,15 @@ def test_panorama_writes_image_comparison_and_run_record(panorama, tmp_path, cap
     edited = media.read_image(out / "edited.png")
     assert edited.shape == (70, 150, 3)  # back at the input's own size
     assert media.read_image(out / "comparison.png").shape == (70 * 2 + 8, 150, 3)  # wide: source above edit
-    assert (out / "steps" / "step_00002.png").is_file()
+    assert media.read_image(out / "steps" / "step_00002.png").shape == (70, 150, 3)
 
     record = json.loads((out / "run.json").read_text())
     assert record["notice"] and "random weights" in record["notice"]
     assert "random weights" in capsys.readouterr().err
     assert record["seed"] == 0 and "--save-every" in record["argv"]
     assert record["config"]["edit"]["guidance_scale"] == 7.5
-    assert record["config"]["edit"]["image_guidance_scale"] == 1.5
+    assert record["config"]["edit"]["image_guidance_scale"] == 5.0  # the official panorama script's s_I
+    assert record["status"] == "finished"
     assert record["config"]["optim"] == {"steps": 3, "lr": 2.0, "lr_decay": 0.9, "lr_decay_every": 20}
     assert record["input"]["working_size"] == [152, 72] and record["input"]["windows"] == 8
     assert record["versions"]["torch"] and record["versions"]["diffusers"]
@@ -91,7 +92,8 @@ def test_video_keeps_size_frame_count_and_fps(video, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["input"]["frames"] == 8 and record["config"]["edit"]["num_particles"] == 24
     assert record["config"]["optim"]["lr"] == 0.5 and record["config"]["optim"]["steps"] == 3
-    assert (out / "comparison.png").is_file()
+    assert record["config"]["edit"]["image_guidance_scale"] == 1.5  # the official video command's s_I
+    assert media.read_image(out / "comparison.png").shape[1] > 64  # a row of frames
 
 
 def test_gif_and_frame_folder_come_back_in_their_own_kind(tmp_path):
@@ -124,12 +126,15 @@ def test_same_seed_same_result_other_seed_other_result(panorama, tmp_path):
     ("extra", "message"),
     [
         (["--prompt", "  "], "prompt is empty"),
-        (["--guidance-scale", "-1"], "guidance_scale = -1.0 is out of range"),
-        (["--image-guidance-scale", "nan"], "image_guidance_scale = nan is out of range"),
+        (["--guidance-scale", "-1"], "--guidance-scale -1.0 is out of range"),
+        (["--image-guidance-scale", "nan"], "--image-guidance-scale nan is out of range"),
         (["--t-min", "600"], "timestep range"),
-        (["--steps", "0"], "steps = 0"),
+        (["--steps", "0"], "--steps 0: use at least 1"),
+        (["--lr", "-1"], "--lr -1.0: use a positive learning rate"),
         (["--window", "0"], "use at least 1 latent pixel"),
-        (["--model", "/no/such/model"], "does not exist"),
+        (["--ip2p-model", "/no/such/model"], "does not exist"),
+        (["--window", "8", "--stride", "12"], "--stride 12 is larger than --window 8"),
+        (["--max-megapixels", "0"], "--max-megapixels 0.0: use a positive number"),
     ],
 )
 def test_bad_settings_are_one_line_errors_and_write_nothing(panorama, tmp_path, capsys, extra, message):
@@ -158,7 +163,7 @@ def test_existing_output_is_refused_unless_overwrite_and_ours(panorama, tmp_path
     assert "exists: pass --overwrite" in capsys.readouterr().err
     (out / "note.txt").write_text("an earlier result of ours, with a note in it")
     assert _panorama_run(panorama, out, "--overwrite") == 0  # it holds our run.json: replaceable
-    assert (out / "edited.png").is_file() and not (out / "note.txt").exists()
+    assert media.read_image(out / "edited.png").shape == (70, 150, 3) and not (out / "note.txt").exists()
     assert _leftovers(tmp_path) == []
 
 
@@ -176,7 +181,8 @@ def test_overwrite_never_deletes_a_folder_of_the_users(panorama, tmp_path, capsy
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _panorama_run(panorama, empty, "--overwrite") == 0 and (empty / "run.json").is_file()
+    assert _panorama_run(panorama, empty, "--overwrite") == 0
+    assert json.loads((empty / "run.json").read_text())["status"] == "finished"
 
 
 def test_output_folders_get_the_users_umask(panorama, tmp_path):
@@ -227,7 +233,7 @@ def test_unwritable_output_and_output_over_input_are_refused(panorama, tmp_path,
     argv = ["video", "--input", str(frames), "--output", str(frames), "--prompt", "paint it", "--overwrite"]
     assert main(argv + FAST) == 2
     assert "would replace the input" in capsys.readouterr().err
-    assert (frames / "0.png").is_file()
+    assert np.array_equal(media.read_image(frames / "0.png"), _video_frames(1)[0])
 
 
 def test_an_interrupted_run_leaves_nothing(panorama, tmp_path, monkeypatch):
@@ -270,7 +276,7 @@ def test_svgd_frames_agree_more_than_no_svgd_through_the_cli(tmp_path):
     for flag in ([], ["--no-svgd"]):
         out = tmp_path / f"out{len(flag)}"
         argv = ["video", "--input", str(folder), "--output", str(out), "--prompt", "paint it", "--size", "64"]
-        assert main(argv + ["--model", "tiny", "--steps", "6", "--lr", "5", "--seed", "3", "--quiet"] + flag) == 0
+        assert main(argv + ["--ip2p-model", "tiny", "--steps", "6", "--lr", "5", "--seed", "3", "--quiet"] + flag) == 0
         frames = media.read_video(out / "edited").frames.astype(float)
         spread[bool(flag)] = frames.std(axis=0).mean()
     assert spread[False] < spread[True], spread  # False: with SVGD
@@ -283,3 +289,254 @@ def test_console_script_is_installed():
     assert result.returncode == 0
     for option in ("--window", "--stride", "--no-svgd", "--baseline", "--save-every", "--overwrite", "--lr"):
         assert option in result.stdout
+
+
+def test_the_model_flag_is_ip2p_model_and_model_is_an_alias(panorama, tmp_path):
+    assert _panorama_run(panorama, tmp_path / "a", "--steps", "1") == 0  # FAST spells it --ip2p-model
+    assert _panorama_run(panorama, tmp_path / "b", "--steps", "1", "--model", "tiny") == 0
+    for name in ("a", "b"):
+        assert json.loads((tmp_path / name / "run.json").read_text())["config"]["guidance"]["model"] == "tiny"
+
+
+def test_help_shows_the_model_flag_the_sds_ablation_and_where_sizes_come_from(capsys):
+    from csd_nerf.media.cli import build_parser
+
+    for command in ("panorama", "video"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--ip2p-model MODEL, --model MODEL" in text
+        assert "plain SDS is --baseline noise --no-svgd" in text
+        assert "(default: None)" not in text
+    assert "the model's training size, 512 for IP2P" in text  # video --size
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["panorama", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the model's training size, 64 = 512 px for IP2P" in text and "a quarter window" in text
+
+
+def test_window_stride_and_video_size_come_from_the_model(panorama, video, tmp_path):
+    """The miniature UNet is trained at 8 latents (64 px): windows of 8 on a stride of 2, videos at 64 px."""
+    out = tmp_path / "pano"
+    assert main(["panorama", "--input", str(panorama), "--output", str(out), "--prompt", "paint it"] + FAST) == 0
+    info = json.loads((out / "run.json").read_text())["input"]
+    assert (info["window"], info["stride"], info["window_px"]) == (8, 2, 64)
+    out = tmp_path / "video"
+    assert main(["video", "--input", str(video), "--output", str(out), "--prompt", "paint it"] + FAST) == 0
+    assert json.loads((out / "run.json").read_text())["input"]["working_size"] == [64, 48]
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line_before_the_model_loads(panorama, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for an unusable prompt")
+
+    monkeypatch.setattr("csd_nerf.guidance.GuidanceConfig.setup", no_model)
+    out = tmp_path / "out"
+    bad = b"Turn it \xff red".decode("utf-8", "surrogateescape")  # what Python makes of the shell's bytes
+    assert _panorama_run(panorama, out, "--prompt", bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("csd-edit-2d: error: ") and "not valid UTF-8" in err and "\n" not in err
+    assert "Traceback" not in err and not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_huge_image_is_one_line_that_says_how_to_go_beyond(tmp_path, capsys):
+    from test_media_files import png_header
+
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(15000, 13000))
+    out = tmp_path / "out"
+    argv = ["panorama", "--input", str(big), "--output", str(out), "--prompt", "paint it"]
+    assert main(argv + FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("csd-edit-2d: error: ") and "195 megapixels" in err and "--max-megapixels" in err
+    assert "\n" not in err and not out.exists()
+
+
+def test_a_stride_larger_than_the_models_window_is_refused_before_writing(panorama, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["panorama", "--input", str(panorama), "--output", str(out), "--prompt", "paint it", "--stride", "12"]
+    assert main(argv + FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tiny model's warning: checked once loaded
+    assert err.startswith("csd-edit-2d: error: --stride 12 is larger than --window 8") and "never be edited" in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_sliver_is_not_enlarged_beyond_bounds(tmp_path, capsys):
+    sliver = tmp_path / "sliver.png"
+    media.write_image(sliver, np.full((4, 480, 3), 100, np.uint8))
+    out = tmp_path / "out"
+    argv = ["panorama", "--input", str(sliver), "--output", str(out), "--prompt", "paint it"]
+    assert main(argv + FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("csd-edit-2d: error: the input is 480x4 px") and "7680x64" in err and "16 windows'" in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_long_work_says_what_it_is_doing(panorama, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as on a terminal: phases show (and go, leaving errors alone)
+    monkeypatch.setenv("COLUMNS", "300")
+    out = tmp_path / "out"
+    argv = ["panorama", "--input", str(panorama), "--output", str(out), "--prompt", "paint it"]
+    assert main(argv + ["--ip2p-model", "tiny", "--steps", "2", "--window", "8", "--stride", "4"]) == 0
+    err = capsys.readouterr().err
+    for phase in ("reading", "loading InstructPix2Pix tiny on cpu", "encoding 152x72 px", "decoding and writing"):
+        assert phase in err, phase
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(panorama, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    save = Image.Image.save
+
+    def full_at_the_result(self, fp, *args, **kwargs):
+        if Path(fp).name == "edited.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_at_the_result)
+    out = tmp_path / "out"
+    assert _panorama_run(panorama, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"csd-edit-2d: error: cannot write {out / 'edited.png'} (No space left on device): "
+        "free some space or choose another output"
+    )
+    assert "Traceback" not in "\n".join(err) and not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_at_the_run_record_names_it(panorama, tmp_path, capsys, monkeypatch):
+    import errno
+
+    write_text = Path.write_text
+
+    def full_at_the_record(self, *args, **kwargs):
+        if self.name == "run.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at_the_record)
+    out = tmp_path / "out"
+    assert _panorama_run(panorama, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"csd-edit-2d: error: cannot write {out / 'run.json'} (No space left on device)")
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_panorama_with_alpha_keeps_it(tmp_path):
+    rgb = np.full((70, 150, 3), 120, np.uint8)
+    alpha = np.zeros((70, 150), np.uint8)
+    alpha[10:60, 20:130] = 255
+    from PIL import Image
+
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "logo.png")
+    out = tmp_path / "out"
+    argv = ["panorama", "--input", str(tmp_path / "logo.png"), "--output", str(out), "--prompt", "paint it"]
+    assert main(argv + FAST + PANORAMA) == 0
+    edited, kept = media.read_image_alpha(out / "edited.png")
+    assert edited.shape == (70, 150, 3) and np.array_equal(kept, alpha)
+    assert json.loads((out / "run.json").read_text())["input"]["alpha"] is True
+
+
+def test_a_phone_video_is_written_upright(tmp_path):
+    from test_media_files import rotated_clip
+
+    clip = rotated_clip(tmp_path)  # stored 64x48, shown 48x64
+    out = tmp_path / "out"
+    argv = ["video", "--input", str(clip), "--output", str(out), "--prompt", "paint it", "--size", "32"]
+    assert main(argv + FAST) == 0
+    edited = media.read_video(out / "edited.mp4")
+    assert edited.size == (48, 64) and edited.rotation == 0 and len(edited.frames) == 6
+    record = json.loads((out / "run.json").read_text())
+    assert record["input"]["rotation_applied"] == 90 and any("rotation" in n for n in record["notices"])
+
+
+def test_a_gif_keeps_its_frame_timing_through_an_edit(tmp_path):
+    from PIL import Image
+
+    frames = _video_frames(4)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(tmp_path / "in.gif", save_all=True, append_images=images[1:], duration=120, loop=0)
+    out = tmp_path / "out"
+    argv = ["video", "--input", str(tmp_path / "in.gif"), "--output", str(out), "--prompt", "paint it"]
+    assert main(argv + FAST + ["--size", "32"]) == 0
+    with Image.open(out / "edited.gif") as gif:
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+    assert durations == [120] * 4
+
+
+def test_a_video_keeps_its_sound_through_an_edit(tmp_path):
+    import av
+    from test_media_files import run_ffmpeg
+
+    source = tmp_path / "talk.mp4"
+    run_ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
+        "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(source),
+    )  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["video", "--input", str(source), "--output", str(out), "--prompt", "paint it", "--size", "32"]
+    assert main(argv + FAST) == 0
+    with av.open(str(out / "edited.mp4")) as result:
+        assert len(result.streams.audio) == 1
+        stream = result.streams.audio[0]
+        seconds = sum(frame.samples for frame in result.decode(stream)) / stream.rate
+    assert seconds == pytest.approx(1.0, abs=0.15)
+    assert len(media.read_video(out / "edited.mp4").frames) == 10
+    assert json.loads((out / "run.json").read_text())["input"]["sound"] == "aac track kept"
+
+
+def test_a_frame_folder_with_two_frames_of_one_name_is_refused(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name, frame in zip(("frame0.png", "frame1.png", "frame1.jpg"), _video_frames(3), strict=True):
+        media.write_image(folder / name, frame)
+    out = tmp_path / "out"
+    argv = ["video", "--input", str(folder), "--output", str(out), "--prompt", "paint it"]
+    assert main(argv + FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert "share the name 'frame1'" in err and "\n" not in err and not out.exists()
+
+
+def test_ctrl_c_keeps_what_save_every_wrote_and_says_where(panorama, tmp_path, capsys, monkeypatch):
+    import csd_nerf.media.cli as cli
+
+    real = cli.run_edit
+
+    def stopped_after_four(editor, scene, parameters, optim, on_step, on_save, save_every):
+        from dataclasses import replace
+
+        real(editor, scene, parameters, replace(optim, steps=4), on_step, on_save, save_every)
+        on_save(4)  # the real loop saves at 2; a longer run would have saved at 4 too
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_edit", stopped_after_four)
+    out = tmp_path / "out"
+    assert _panorama_run(panorama, out, "--save-every", "2", "--steps", "10") == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"csd-edit-2d: interrupted (Ctrl-C) at step 4 of 10: the results saved every 2 steps are kept in "
+        f"{out / 'steps'}"
+    )
+    for step in (2, 4):
+        assert media.read_image(out / "steps" / f"step_{step:05d}.png").shape == (70, 150, 3)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted at step 4 of 10"
+    assert record["output"]["files"] == ["steps/step_00002.png", "steps/step_00004.png"]
+    assert _leftovers(tmp_path) == []
+
+    # An earlier, finished result is replaced only by a finished run: the saved steps go beside it.
+    finished = tmp_path / "finished"
+    monkeypatch.setattr(cli, "run_edit", real)
+    assert _panorama_run(panorama, finished) == 0
+    before = (finished / "edited.png").read_bytes()
+    monkeypatch.setattr(cli, "run_edit", stopped_after_four)
+    assert _panorama_run(panorama, finished, "--save-every", "2", "--steps", "10", "--overwrite") == 130
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("finished.interrupted-")]
+    assert len(kept) == 1 and str(kept[0] / "steps") in capsys.readouterr().err
+    assert (finished / "edited.png").read_bytes() == before
+    assert media.read_image(kept[0] / "steps" / "step_00004.png").shape == (70, 150, 3)

@@ -23,12 +23,12 @@ def _editor(guidance, **overrides) -> CSDEditor:
     "overrides, message",
     [
         (dict(prompt="  "), "prompt is empty"),
-        (dict(guidance_scale=-1.0), "guidance_scale"),
-        (dict(image_guidance_scale=float("nan")), "image_guidance_scale"),
+        (dict(guidance_scale=-1.0), "--guidance-scale -1.0 is out of range"),
+        (dict(image_guidance_scale=float("nan")), "--image-guidance-scale nan"),
         (dict(guidance_scale=1000.0), "out of range"),
         (dict(t_min=600, t_max=500), "timestep range"),
         (dict(t_max=1000), "timestep range"),
-        (dict(num_particles=0), "num_particles"),
+        (dict(num_particles=0), "--num-particles 0"),
         (dict(bandwidth_multiplier=0.0), "bandwidth"),
     ],
 )
@@ -39,6 +39,20 @@ def test_bad_configuration_is_a_one_line_error(tiny_guidance, overrides, message
     with pytest.raises(ValueError, match=message) as exc:
         CSDEditor(tiny_guidance, config)
     assert "\n" not in str(exc.value)
+
+
+def test_messages_name_the_flags_as_the_user_typed_them():
+    config = CSDEditConfig(prompt="make it snowy", guidance_scale=-1.0)
+    with pytest.raises(ValueError, match=r"^--pipeline\.guidance-scale -1\.0 is out of range"):
+        config.validate(flags="--pipeline.")
+
+
+def test_assigning_settings_to_the_editor_validates_them(tiny_guidance):
+    """The viewer replaces the editor's settings between steps: a bad value is refused there, not mid-step."""
+    editor = _editor(tiny_guidance)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        editor.config = CSDEditConfig(prompt=" ")
+    assert editor.config.prompt == "make it snowy"
 
 
 def test_zero_text_scale_at_the_source_gives_zero_gradient(tiny_guidance):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 _SPEC = importlib.util.spec_from_file_location("ablate", Path(__file__).resolve().parents[1] / "scripts" / "ablate.py")
 ablate = importlib.util.module_from_spec(_SPEC)
@@ -69,8 +70,11 @@ def test_tiny_ablation_end_to_end(tmp_path):
     assert rows[0]["lpips"] == ""  # unavailable, not made up
     md = (out / "ablation.md").read_text()
     assert "MEANINGLESS" in md and md.count("\n| N") == 4 and " ± " in md
-    assert (out / "runs" / "N2-nosvgd-image-seed1" / "comparison.png").is_file()
-    assert len(list((out / "input_frames").glob("*.png"))) == 8
+    with Image.open(out / "runs" / "N2-nosvgd-image-seed1" / "comparison.png") as comparison:
+        comparison.load()  # decodes: a whole picture, not just a file
+        assert comparison.width > 64
+    frames = sorted((out / "input_frames").glob("*.png"))
+    assert len(frames) == 8 and all(Image.open(f).size == (64, 64) for f in frames)
 
 
 def test_existing_output_is_refused_with_one_line(tmp_path, capsys):

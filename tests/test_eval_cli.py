@@ -106,7 +106,9 @@ def test_identical_sequences_give_nulls_not_crashes(pair, tmp_path):
     assert m["psnr"]["per_frame"] == [None] * F  # infinite
     assert m["clip_image_similarity"]["mean"] == pytest.approx(1.0, abs=1e-6)
     assert any("no CLIP change" in w for w in data["warnings"])
-    assert out.with_suffix(".png").is_file()
+    with Image.open(out.with_suffix(".png")) as plot:
+        plot.load()
+        assert plot.width > 300
 
 
 def test_video_input_single_image_and_default_output(tmp_path):
@@ -114,7 +116,9 @@ def test_video_input_single_image_and_default_output(tmp_path):
     iio.imwrite(tmp_path / "src.gif", seq)
     iio.imwrite(tmp_path / "edit.gif", _sequence(shift=100))
     assert main(_args(tmp_path / "src.gif", tmp_path / "edit.gif", "--no-lpips")) == 0
-    assert (tmp_path / "edit_eval.json").is_file() and (tmp_path / "edit_eval.png").is_file()
+    assert json.loads((tmp_path / "edit_eval.json").read_text())["inputs"]["num_frames"] == F
+    with Image.open(tmp_path / "edit_eval.png") as plot:
+        plot.load()
     assert default_output(tmp_path) == tmp_path.parent / f"{tmp_path.name}_eval.json"  # never inside a frame folder
 
     iio.imwrite(tmp_path / "a.png", seq[0])
@@ -230,7 +234,111 @@ def test_a_write_failure_after_the_work_is_one_line(pair, tmp_path, capsys, monk
     src, edit = pair
     assert main(_args(src, edit, "--no-lpips", "--output", str(tmp_path / "eval.json"))) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tiny model's warning
-    assert err.startswith("csd-eval: error: cannot write") and "No space left" in err and "Traceback" not in err
+    assert err.startswith(f"csd-eval: error: cannot write {tmp_path / 'eval.json'} (No space left on device)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edit", "src"]  # no plot without its JSON
+
+
+def test_a_failed_plot_is_named_and_leaves_no_half_result(pair, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    src, edit = pair
+    out = tmp_path / "e.json"
+    assert main(_args(src, edit, "--no-lpips", "--output", str(out))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"csd-eval: error: cannot write {tmp_path / 'e.png'} (No space left on device)"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edit", "src"]  # neither file, no temporary one
+
+
+@pytest.mark.parametrize("flag", ["--source-caption", "--target-caption"])
+def test_a_caption_that_is_not_utf8_is_one_line_before_loading_anything(pair, capsys, monkeypatch, flag):
+    import csd_nerf.eval.clip as clip_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for an unusable caption")
+
+    monkeypatch.setattr(clip_module, "load_clip", no_model)
+    src, edit = pair
+    args = _args(src, edit, "--no-lpips")
+    args[args.index(flag) + 1] = b"a \xff photo".decode(
+        "utf-8", "surrogateescape"
+    )  # the shell's bytes, as Python has them
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"csd-eval: error: {flag} is not valid UTF-8") and "\n" not in err
+    assert "Traceback" not in err
+
+
+def test_a_huge_frame_is_one_line_that_says_how_to_go_beyond(pair, tmp_path, capsys):
+    from test_media_files import png_header
+
+    src, _ = pair
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(15000, 13000))
+    assert main(_args(big, src / "000.png", "--no-lpips", "--output", str(tmp_path / "x.json"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("csd-eval: error: --source") and "195 megapixels" in err and "--max-megapixels" in err
+    assert "\n" not in err and not (tmp_path / "x.json").exists()
+
+
+def test_sigterm_while_writing_leaves_no_result_and_one_line(pair, tmp_path):
+    import signal
+    import time
+
+    src, edit = pair
+    out = tmp_path / "res" / "eval.json"
+    script = (
+        "import sys, time\n"
+        "import csd_nerf.eval.report as report\n"
+        "def slow_plot(result, path):\n"
+        "    open(path, 'wb').write(b'half a plot')\n"
+        "    print('writing', file=sys.stderr, flush=True)\n"
+        "    time.sleep(600)\n"
+        "report.plot_per_frame = slow_plot\n"
+        "from csd_nerf.eval.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = _args(src, edit, "--no-lpips", "--output", str(out))
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 180
+    while not (out.parent.exists() and any(out.parent.iterdir())):  # the plot is being written
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "csd-eval: interrupted (SIGTERM): nothing written"
+    assert "Traceback" not in err and list(out.parent.iterdir()) == []
+
+
+def test_lpips_with_stand_in_alexnet_weights_is_unavailable(tmp_path, monkeypatch):
+    from csd_nerf.testing.offline import ALEXNET_FILE, torch_home_for_offline_nerfacto
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no real weights to copy: a stand-in is written
+    home, real = torch_home_for_offline_nerfacto(tmp_path / "tools")
+    assert not real and (home / "hub" / "checkpoints" / ALEXNET_FILE).is_file()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    scorer, reason = lpips_mod.load_lpips(torch.device("cpu"))
+    assert scorer is None and "not torchvision's" in reason and "--no-lpips" in reason and "\n" not in reason
+
+
+def test_weights_are_checked_against_the_hash_in_their_name(tmp_path):
+    import hashlib
+
+    content = b"some weights"
+    digest = hashlib.sha256(content).hexdigest()[:8]
+    good, bad = tmp_path / f"net-{digest}.pth", tmp_path / "net-00000000.pth"
+    good.write_bytes(content)
+    bad.write_bytes(content)
+    assert lpips_mod.matches_its_hash(good) and not lpips_mod.matches_its_hash(bad)
 
 
 def test_a_zero_byte_video_is_one_short_line(pair, tmp_path, capsys):

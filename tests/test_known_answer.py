@@ -13,12 +13,18 @@ def _images(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 3, 16, 24, generator=torch.Generator().manual_seed(seed))
 
 
+def test_it_is_a_prior_as_ip2p_is(tiny_guidance):
+    from csd_nerf.editor import Prior
+
+    assert isinstance(KnownAnswerPrior(), Prior) and isinstance(tiny_guidance, Prior)
+
+
 def test_schedule_is_stable_diffusions(tiny_guidance):
     torch.testing.assert_close(sd_alphas_cumprod(), tiny_guidance.alphas_cumprod.cpu())
 
 
 def test_pixel_latents_are_exactly_invertible():
-    prior = KnownAnswerPrior(lambda ids: _images(len(ids), 1))
+    prior = KnownAnswerPrior()
     images = _images(2, 0)
     latents = prior.encode_images(images)
     assert latents.shape == (2, 3 * 64, 2, 3) and prior.latent_factor == 8
@@ -27,9 +33,9 @@ def test_pixel_latents_are_exactly_invertible():
 
 def test_residual_is_the_perfect_denoisers_and_vanishes_at_the_target():
     targets = _images(3, 1)
-    prior = KnownAnswerPrior(lambda ids: targets[ids])
-    sources, conditioning = prior.encode_source(_images(3, 0), views=[0, 1, 2])
-    z_star = prior.encode_images(targets)
+    prior = KnownAnswerPrior()
+    sources = prior.encode_images(_images(3, 0))
+    z_star, conditioning = prior.encode_source(targets)  # conditioned on the target: it pulls toward it
     torch.testing.assert_close(conditioning, z_star)
     t, noise = 300, torch.randn(sources.shape, generator=torch.Generator().manual_seed(2))
     a = prior.alphas_cumprod[t]
@@ -44,8 +50,9 @@ def test_the_editor_drives_every_view_to_its_target_with_and_without_coupling():
     """Gradient descent on the CSD gradient of this prior converges to the targets: the fixed point is known."""
     sources, targets = _images(4, 0), _images(4, 1)
     for coupling in (True, False):
-        prior = KnownAnswerPrior(lambda ids: targets[ids])
-        scene = LatentSetScene(*prior.encode_source(sources, views=[0, 1, 2, 3]))  # starts at the sources
+        prior = KnownAnswerPrior()
+        # Starts at the sources, conditioned on the targets.
+        scene = LatentSetScene(prior.encode_images(sources), prior.encode_source(targets)[1])
         editor = CSDEditor(prior, CSDEditConfig(prompt="known answer", num_particles=4, coupling=coupling))
         optimizer = torch.optim.Adam([scene.parameter], lr=0.05)
         start = (prior.decode_latents(scene.parameter) - targets).abs().mean()

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from nerf_fixtures import build_pipeline, session_base, source_run, synthetic_scene
+from nerf_fixtures import build_pipeline, session_base, synthetic_scene
 
 from csd_nerf.errors import SettingError
 from csd_nerf.nerf.compat import load_checkpoint, to_builtin
@@ -23,11 +23,6 @@ from csd_nerf.nerf.source import (
     model_state_from_checkpoint,
 )
 from csd_nerf.nerf.views import render_size
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    return source_run(session_base(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +120,43 @@ def test_deferred_backprop_matches_direct_backprop(pipeline, tiny_guidance, at, 
     assert set(losses_direct) == set(losses_deferred) >= {"interlevel_loss", "distortion_loss", "preservation_loss"}
     for name in losses_direct:
         assert losses_deferred[name] == pytest.approx(losses_direct[name], rel=1e-4)
+
+
+@pytest.mark.parametrize("backprop", ["direct", "deferred"])
+def test_a_float16_overflow_leaves_every_field_parameter_finite_and_the_edit_going(pipeline, backprop):
+    """An injected overflow (a gradient scale far past float16's range) in the VAE backward of a real edit step:
+    the step is skipped, no parameter moves or turns NaN/inf under Adam, and later steps edit again."""
+    from csd_nerf.editor import CSDEditConfig, CSDEditor
+    from csd_nerf.guidance import GuidanceConfig
+    from csd_nerf.nerf.deferred import ViewRenderer
+    from csd_nerf.nerf.scene import NerfScene
+    from csd_nerf.nerf.views import TrainViews
+
+    half = GuidanceConfig(model="tiny", dtype="float16").setup()
+    half.gradient_headroom = 2.0**17  # scaled gradients above float16's 65504: inf in the VAE backward
+    model = pipeline.model
+    model.train()
+    views = TrainViews(pipeline.datamanager.train_dataset, 16, half.latent_factor)
+    scene = NerfScene(ViewRenderer(model, views.cameras, chunk=256), views, half, backprop=backprop)
+    editor = CSDEditor(half, CSDEditConfig(prompt="Make it snowy", num_particles=2))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=1e-2)
+    before = [p.detach().clone() for p in trained]
+    outcomes = []
+    for _ in range(40):
+        optimizer.zero_grad(set_to_none=True)
+        stats = editor.step(scene)
+        optimizer.step()
+        outcomes.append(stats.skipped)
+        assert all(torch.isfinite(p).all() for p in trained)
+        if not stats.skipped:
+            break
+        assert all(torch.equal(p, b) for p, b in zip(trained, before, strict=True))
+    assert outcomes[0] and not outcomes[-1] and editor.skipped_steps == len(outcomes) - 1, outcomes
+    assert any(not torch.equal(p, b) for p, b in zip(trained, before, strict=True))
+    with torch.no_grad():  # the module-scoped pipeline is shared: put the source weights back
+        for p, b in zip(trained, before, strict=True):
+            p.copy_(b)
 
 
 def test_source_poses_stay_frozen(pipeline):
@@ -284,12 +316,10 @@ def test_empty_prompt_is_a_clear_error(source):
 # --- viewer controls -------------------------------------------------------------------------------------------
 
 
-def test_viewer_controls_apply_valid_values_and_ignore_bad_ones(pipeline):
-    from csd_nerf.editor import CSDEditConfig
+def test_viewer_controls_apply_valid_values_and_ignore_bad_ones(pipeline, tiny_guidance):
+    from csd_nerf.editor import CSDEditConfig, CSDEditor
 
-    pipeline.editor = SimpleNamespace(
-        config=CSDEditConfig(prompt="a"), guidance=SimpleNamespace(num_train_timesteps=1000)
-    )
+    pipeline.editor = CSDEditor(tiny_guidance, CSDEditConfig(prompt="a"))
     try:
         pipeline.controls.prompt.value = "Make it snowy"
         pipeline.controls.guidance_scale.value = 10.0

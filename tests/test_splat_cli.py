@@ -7,29 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-from nerf_fixtures import SPLAT_EDIT_STEPS, run_tool, session_base, splat_edited_run, splat_source_run
+from nerf_fixtures import (
+    BIN,
+    QUIET,
+    SPLAT_EDIT_STEPS,
+    ply_vertex_count,
+    run_tool,
+    tool_env,
+    video_frames,
+)
 
 from csd_nerf.nerf.compat import load_checkpoint
 from csd_nerf.nerf.source import model_state_from_checkpoint
 
+REPRESENTATION = "splat"
 GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "features_dc", "features_rest")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return session_base(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def source(base) -> Path:
-    return splat_source_run(base)
-
-
-@pytest.fixture(scope="module")
-def edited(base) -> Path:
-    return splat_edited_run(base)
 
 
 def _checkpoint(run: Path) -> Path:
@@ -85,8 +78,7 @@ def test_stock_ns_export_gaussian_splat_on_the_edited_run(base, edited, tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = (tmp_path / "splat.ply").read_bytes()[:2000].split(b"end_header")[0].decode()
-    count = int(next(line.split()[-1] for line in header.splitlines() if line.startswith("element vertex")))
-    assert count == _weights(edited)["gauss_params.means"].shape[0]
+    assert ply_vertex_count(tmp_path / "splat.ply") == _weights(edited)["gauss_params.means"].shape[0]
     assert "property float opacity" in header and "property float rot_0" in header and "f_dc_0" in header
 
 
@@ -99,7 +91,8 @@ def test_stock_ns_render_on_the_edited_run_without_the_prior(base, edited, tmp_p
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert video.stat().st_size > 0
+    frames = video_frames(video)
+    assert len(frames) >= 2 and frames.shape[1:] == (32, 32, 3) and frames.std() > 1  # an image, not a blank
     code = (
         "import sys\nfrom pathlib import Path\nfrom nerfstudio.utils.eval_utils import eval_setup\n"
         "_, pipeline, _, _ = eval_setup(Path(sys.argv[1]), test_mode='inference')\n"
@@ -108,3 +101,22 @@ def test_stock_ns_render_on_the_edited_run_without_the_prior(base, edited, tmp_p
     proc = subprocess.run([sys.executable, "-c", code, str(edited / "config.yml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["True", "False"]
+
+
+def test_two_runs_started_together_into_one_folder_keep_both_results(base, source, tmp_path):
+    """Same --output-dir, same timestamp (what two runs started in the same second get): two run folders."""
+    args = [str(BIN / "ns-train"), "csd-edit-splat", "--load-dir", str(source / "nerfstudio_models")]
+    args += ["--output-dir", str(tmp_path / "outputs"), "--experiment-name", "e", "--timestamp", "same-second"]
+    args += ["--pipeline.prompt", "Turn the ball blue", "--pipeline.ip2p-model", "tiny", "--max-num-iterations", "1"]
+    args += ["--pipeline.num-particles", "1", "--pipeline.render-resolution", "16", "--machine.device-type", "cpu"]
+    procs = [
+        subprocess.Popen(args + QUIET, cwd=tmp_path, env=tool_env(base), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err.decode()[-2000:] for _, err in outs]
+    runs = sorted(p.name for p in (tmp_path / "outputs" / "e" / "csd-edit-splat").iterdir())
+    assert runs == ["same-second", "same-second-2"]
+    for run in runs:
+        folder = tmp_path / "outputs" / "e" / "csd-edit-splat" / run
+        assert (folder / "config.yml").is_file() and list((folder / "nerfstudio_models").glob("step-*.ckpt"))

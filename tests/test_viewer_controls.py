@@ -20,6 +20,7 @@ import nerfstudio.configs.base_config  # noqa: E402, F401
 from csd_nerf.nerf.editing import EditControls, EditSettings  # noqa: E402
 
 EXPECTED = ["Edit instruction", "Text guidance scale", "Image guidance scale"]
+REGION = ["Edit inside the box only", "Box center", "Box rotation", "Box scale", "Use the crop box"]
 
 
 def _free_port() -> int:
@@ -80,10 +81,14 @@ def test_install_puts_the_group_first_in_the_control_tab(server):
     # Above nerfstudio's own controls and folders ("Train Speed", "Render Options", ..., "Custom Elements").
     assert folder.order < min(c.order for key, c in control_tab._children.items() if key in before)
 
-    elements = sorted(folder._children.values(), key=lambda h: h.order)
+    children = sorted(folder._children.values(), key=lambda h: h.order)
+    elements, region = children[:-1], children[-1]
     assert [_label(h) for h in elements] == EXPECTED
     assert [h for h in elements] == [e.gui_handle for e in controls.elements]
     assert all(h._impl.parent_container_id == folder._id for h in elements)
+    # The edit region's own folder comes last, with its switch, the box's numbers and "Use the crop box".
+    assert isinstance(region, viser.GuiFolderHandle)
+    assert [_label(h) for h in sorted(region._children.values(), key=lambda h: h.order)] == REGION
     # Nothing of ours went anywhere else: not the root, not "Custom Elements".
     elsewhere = [
         _label(h) for h in server.gui._gui_input_handle_from_id.values() if h._impl.parent_container_id != folder._id
@@ -107,4 +112,27 @@ def test_install_without_a_control_tab_still_adds_the_group(server):
     root = server.gui._container_handle_from_id["root"]
     folders = [c for c in root._children.values() if isinstance(c, viser.GuiFolderHandle)]
     assert len(folders) == 1
-    assert [_label(h) for h in sorted(folders[0]._children.values(), key=lambda h: h.order)] == EXPECTED
+    assert [_label(h) for h in sorted(folders[0]._children.values(), key=lambda h: h.order)][:3] == EXPECTED
+
+
+def test_the_region_is_drawn_moved_and_taken_from_the_crop_box(server):
+    """The box's 12 edges and its gizmo are in the scene while the region is on; "Use the crop box" copies the
+    viewer's crop box (nerfstudio's own ControlPanel) into the region."""
+    from csd_nerf.nerf.region import RegionConfig
+
+    viewer, _ = _viewer(server)
+    controls = EditControls(EditSettings(prompt="x", region=RegionConfig(center=(0.1, 0.0, 0.0), scale=(1, 1, 1))))
+    controls.install(viewer)
+    region = controls.region
+    assert len(region._lines) == 12 and region._gizmo.visible
+    assert tuple(region._gizmo.position) == pytest.approx((1.0, 0.0, 0.0))  # viser's scene is the world x10
+    viewer.control_panel._crop_center.value = (0.2, -0.3, 0.4)
+    viewer.control_panel._crop_scale.value = (0.5, 0.6, 0.7)
+    viewer.control_panel._crop_rot.value = (0.0, 0.0, 0.5)
+    region.take_crop_box()
+    taken = region.region()
+    assert taken.center == pytest.approx((0.2, -0.3, 0.4)) and taken.scale == pytest.approx((0.5, 0.6, 0.7))
+    assert taken.rotation == pytest.approx((0.0, 0.0, 0.5), abs=1e-6)
+    region.enabled.value = False
+    region.draw()
+    assert region._lines == [] and not region._gizmo.visible and not region.region().enabled

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from csd_nerf.errors import UserError, first_line
 from csd_nerf.eval.clip import DEFAULT_CLIP_MODEL
 from csd_nerf.eval.errors import EvalInputError
+from csd_nerf.media.images import MAX_MEGAPIXELS
+from csd_nerf.signals import exit_status, signal_name, terminate_as_interrupt
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as unavailable)")
     p.add_argument(
         "--resize-edited", action="store_true", help="resample edited frames to the source size instead of failing"
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=MAX_MEGAPIXELS,
+        help=f"largest frame read, in megapixels (default {MAX_MEGAPIXELS:g}; memory grows with it)",
     )
     p.add_argument("--quiet", action="store_true", help="print only errors and warnings")
     return p
@@ -137,20 +145,22 @@ def _run(args: argparse.Namespace) -> int:
     from csd_nerf.eval.evaluate import check_captions, evaluate
     from csd_nerf.eval.frames import check_pair, resize_frames
     from csd_nerf.eval.lpips import load_lpips
-    from csd_nerf.eval.report import plot_per_frame, result_to_dict, write_json
+    from csd_nerf.eval.report import result_to_dict, write_results
     from csd_nerf.media.io import read_frames
 
     out = Console(quiet=args.quiet)
     err = Console(stderr=True)
     if args.batch_size < 1:
         raise EvalInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.max_megapixels > 0:
+        raise EvalInputError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     # Cheap checks first: a typo should not cost a model load.
     check_captions(args.source_caption, args.target_caption)
     device = resolve_device(args.device)
     output = Path(args.output).expanduser() if args.output else default_output(args.edited)
     plot = check_output(output, args.overwrite)
-    source = read_frames(args.source, "--source")
-    edited = read_frames(args.edited, "--edited")
+    source = read_frames(args.source, "--source", args.max_megapixels)
+    edited = read_frames(args.edited, "--edited", args.max_megapixels)
     if args.resize_edited and source.shape[0] == edited.shape[0]:
         edited = resize_frames(edited, source.shape[1], source.shape[2])
     check_pair(source, edited)
@@ -179,11 +189,7 @@ def _run(args: argparse.Namespace) -> int:
         "resized_edited": bool(args.resize_edited),
         "device": str(device),
     }
-    try:
-        json_path = write_json(result_to_dict(result, inputs), output)
-        png_path = plot_per_frame(result, plot)
-    except OSError as exc:
-        raise EvalInputError(f"cannot write {output} ({exc.strerror or first_line(exc)})") from None
+    write_results(result_to_dict(result, inputs), result, output, plot)
 
     out.print(summary_table(result))
     for w in result.warnings:
@@ -191,18 +197,23 @@ def _run(args: argparse.Namespace) -> int:
             err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     if not args.no_lpips and not result.metrics["lpips"].available:
         err.print(f"[yellow]warning:[/] LPIPS unavailable: {result.metrics['lpips'].reason}", soft_wrap=True)
-    out.print(f"wrote {json_path} and {png_path}")
+    out.print(f"wrote {output} and {plot}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``csd-eval``; returns the exit status (2 for a user error, reported on one stderr line)."""
+    """Run ``csd-eval``; returns the exit status (2 for a user error, reported on one stderr line; 128 + the
+    signal after Ctrl-C or SIGTERM, which leave no result behind, not even half of one)."""
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        with terminate_as_interrupt():
+            return _run(args)
     except UserError as err:
         print(f"csd-eval: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"csd-eval: interrupted ({signal_name(exc)}): nothing written", file=sys.stderr)
+        return exit_status(exc)
 
 
 def entrypoint() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from csd_nerf.errors import SettingError, check_text
 from csd_nerf.eval import metrics as M
 from csd_nerf.eval.clip import ClipEmbedder
 from csd_nerf.eval.errors import EvalInputError
@@ -92,7 +93,12 @@ class EvalResult:
 
 
 def check_captions(source_caption: str, target_caption: str) -> None:
-    """Raise ``EvalInputError`` for an empty caption or two identical ones (no text direction)."""
+    """Raise ``EvalInputError`` for an empty caption, one that is not UTF-8 text, or two identical ones."""
+    try:
+        check_text(source_caption, "--source-caption")
+        check_text(target_caption, "--target-caption")
+    except SettingError as exc:
+        raise EvalInputError(str(exc)) from None
     if not source_caption or not source_caption.strip():
         raise EvalInputError(
             "the source caption is empty: pass --source-caption describing the source, e.g. 'a photo of a bear'"

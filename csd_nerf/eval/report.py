@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from csd_nerf.eval.evaluate import EvalResult
+from csd_nerf.media.errors import writing
+from csd_nerf.media.output import umask_mode
 
-__all__ = ["library_versions", "result_to_dict", "write_json", "plot_path_for", "plot_per_frame"]
+__all__ = ["library_versions", "result_to_dict", "write_json", "plot_path_for", "plot_per_frame", "write_results"]
 
 _PACKAGES = ("csd-nerf", "torch", "transformers", "torchmetrics", "torchvision", "open_clip_torch", "numpy", "imageio")
 
@@ -160,3 +164,28 @@ def plot_per_frame(result: EvalResult, path: str | Path) -> Path:
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
+
+
+def write_results(data: dict[str, Any], result: EvalResult, json_path: Path, plot_path: Path) -> None:
+    """The JSON and its plot, both or neither: each is written to a hidden file beside it and renamed into place
+    once both are complete. A failed write is a one-line error naming the file that failed."""
+    folder = json_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    staged: list[Path] = []
+    try:
+        for target, write in (
+            (plot_path, lambda p: plot_per_frame(result, p)),
+            (json_path, lambda p: write_json(data, p)),
+        ):
+            handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=folder)
+            os.close(handle)
+            staged.append(Path(name))
+            os.chmod(name, umask_mode(0o666))  # mkstemp's files are private; results get the user's umask
+            with writing(target):
+                write(staged[-1])
+        for temporary, target in zip(staged, (plot_path, json_path), strict=True):
+            with writing(target):
+                os.replace(temporary, target)  # the JSON last: it is what marks a csd-eval result
+    finally:
+        for temporary in staged:
+            temporary.unlink(missing_ok=True)

@@ -45,11 +45,13 @@ class _Leave(torch.autograd.Function):
 class GradientScale:
     """One scale shared by the two ends of a graph: ``leave(input)`` and ``enter(output)``.
 
-    ``enter`` goes on the graph's (float16) output and scales the incoming gradient; ``leave`` goes on its
-    (float32) input and unscales the outgoing one.
+    ``enter`` goes on the graph's output *after* its cast to float32 (so the incoming float32 gradient is scaled
+    before autograd casts it to float16); ``leave`` goes on its float32 input and unscales the outgoing one.
     """
 
-    def __init__(self, target_max: float = 2.0**8) -> None:
+    DEFAULT_TARGET = 2.0**8
+
+    def __init__(self, target_max: float = DEFAULT_TARGET) -> None:
         self.target_max = target_max
         self.scale = 1.0
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from csd_nerf.guidance.components import IP2PComponents
 from csd_nerf.guidance.grad_scale import GradientScale
 from csd_nerf.guidance.loading import DEFAULT_MODEL, load_ip2p_components, resolve_dtype
+from csd_nerf.guidance.stats import GuidanceOutput, GuidanceStats
 from csd_nerf.guidance.tiny import TINY_MODEL_NAME, TINY_NOTICE
 
 Baseline = Literal["image", "noise"]
@@ -40,29 +41,6 @@ class GuidanceConfig:
 
     def setup(self) -> IP2PGuidance:
         return IP2PGuidance(self)
-
-
-@dataclass
-class GuidanceStats:
-    """Counters of the work the guidance did, for benchmarks and tests."""
-
-    unet_calls: int = 0
-    unet_samples: int = 0
-    unet_seconds: float = 0.0
-    vae_encode_calls: int = 0
-    vae_seconds: float = 0.0
-
-    def reset(self) -> None:
-        self.__init__()
-
-
-@dataclass
-class GuidanceOutput:
-    """Residuals ``d_i = E_tgt_i - E_src_i`` and the guided target noise ``E_tgt_i`` (float32)."""
-
-    residual: torch.Tensor
-    target_eps: torch.Tensor
-    unet_samples: int = field(default=0)
 
 
 class IP2PGuidance:
@@ -91,7 +69,14 @@ class IP2PGuidance:
         self.stats = GuidanceStats()
         self.gradient_scaling = True
         """Scale gradients through a float16 VAE (off only to measure what it saves)."""
+        self.gradient_headroom = GradientScale.DEFAULT_TARGET
+        """The largest gradient entry the scale aims for inside the float16 VAE; halved by :meth:`back_off`."""
         self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def name(self) -> str:
+        """The model as the user gave it (hub id, folder or ``tiny``)."""
+        return self.config.model
 
     @property
     def is_tiny(self) -> bool:
@@ -161,23 +146,26 @@ class IP2PGuidance:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Differentiable SD latents (``mode() * scaling``) of images in ``[0, 1]``; gradients reach ``images``.
 
-        Through a float16 VAE the gradient is carried with power-of-two scaling (see :mod:`.grad_scale`).
+        Through a float16 VAE the gradient is carried with power-of-two scaling (see :mod:`.grad_scale`). The
+        scale is entered on the float32 side of the cast: entered before it, autograd would cast the float32
+        latent gradient to float16 unscaled, the very flush to zero the scaling exists to prevent.
         """
-        scale = GradientScale() if self.gradient_scaling and self.dtype == torch.float16 else None
-        mode = self._latent_dist(images, scale).mode()
+        scale = GradientScale(self.gradient_headroom) if self.gradient_scaling and self.dtype == torch.float16 else None
+        mode = self._latent_dist(images, scale).mode().float()
         if scale is not None:
             mode = scale.enter(mode)
-        return mode.float() * self.scaling_factor
+        return mode * self.scaling_factor
+
+    def back_off(self) -> str | None:
+        """After a non-finite gradient: halve the float16 gradient scale's headroom (as a GradScaler backs off)."""
+        if self.dtype != torch.float16 or not self.gradient_scaling:
+            return None
+        self.gradient_headroom = max(self.gradient_headroom / 2.0, 1.0)
+        return f"the float16 gradient scale now aims at {self.gradient_headroom:g}"
 
     @torch.no_grad()
-    def encode_source(
-        self, images: torch.Tensor, views: Sequence[int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source latents ``zs`` and IP2P image conditioning ``c`` of images in ``[0, 1]`` (float32, no graph).
-
-        ``views`` names the views the images are of; IP2P conditions on the image alone and ignores it (a
-        view-aware prior, such as the known-answer test prior, needs it).
-        """
+    def encode_source(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source latents ``zs`` and IP2P image conditioning ``c`` of images in ``[0, 1]`` (float32, no graph)."""
         mode = self._latent_dist(images).mode().float()
         latents = mode * self.scaling_factor
         return latents, latents.clone() if self.config.reference_conditioning else mode

@@ -1,7 +1,9 @@
 """The known-answer prior: a test instrument whose fixed point is known, never an editing prior for users.
 
-Each view ``i`` of a scene has a target image ``x*_i`` seen by the same camera (an edited version of the scene).
-The prior answers as a perfect denoiser of the target would: for ``z_t = sqrt(a_t) z + sqrt(1 - a_t) e`` it
+Each view ``i`` of a scene has a target image ``x*_i`` seen by the same camera (an edited version of the scene),
+and the prior is conditioned on it where IP2P is conditioned on the source image: a scene's conditioning images
+are the targets (``condition_on`` of the 3D scenes; the conditioning rows of a latent-set scene). The prior
+answers as a perfect denoiser of the image it is conditioned on would: for ``z_t = sqrt(a_t) z + sqrt(1 - a_t) e`` it
 predicts ``e_hat = (z_t - sqrt(a_t) z*) / sqrt(1 - a_t)``, so the CSD-Edit residual against the noise is
 
     d_i = e_hat_i - e_i = sqrt(a_t / (1 - a_t)) (z_i - z*_i)
@@ -18,14 +20,12 @@ exactly the target images) or a VAE's (``encoder="vae"``, e.g. the miniature IP2
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from csd_nerf.guidance.ip2p import GuidanceOutput, GuidanceStats
+from csd_nerf.guidance.stats import GuidanceOutput, GuidanceStats
 
 __all__ = ["KnownAnswerPrior", "sd_alphas_cumprod", "KNOWN_ANSWER_NOTICE"]
 
@@ -41,42 +41,28 @@ def sd_alphas_cumprod(num_train_timesteps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
-@dataclass
-class _Config:
-    model: str
-    device: str
-
-
 class KnownAnswerPrior:
-    """A prior that pulls view ``i`` toward ``targets([i])``; duck-types :class:`~csd_nerf.guidance.IP2PGuidance`.
+    """A :class:`~csd_nerf.editor.Prior` that pulls each view toward the image it is conditioned on.
 
     Args:
-        targets: target images ``[n, 3, h, w]`` in ``[0, 1]`` of the given view ids, at the render size.
         encoder: ``pixels`` (invertible space-to-depth, latent factor 8) or ``vae`` (``vae`` must be given).
         vae: an ``AutoencoderKL`` for ``encoder="vae"``.
         device: where the latents live.
     """
 
     notice = KNOWN_ANSWER_NOTICE
-    is_tiny = False
 
     def __init__(
-        self,
-        targets: Callable[[list[int]], torch.Tensor],
-        encoder: Literal["pixels", "vae"] = "pixels",
-        vae: Any = None,
-        device: str | torch.device = "cpu",
+        self, encoder: Literal["pixels", "vae"] = "pixels", vae: Any = None, device: str | torch.device = "cpu"
     ) -> None:
         if encoder not in ("pixels", "vae"):
             raise ValueError(f"encoder {encoder!r}: use 'pixels' or 'vae'")
         if encoder == "vae" and vae is None:
             raise ValueError("encoder='vae' needs a vae")
-        self.targets = targets
         self.encoder = encoder
+        self.name = f"known-answer ({encoder})"
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval().requires_grad_(False) if vae is not None else None
-        self.dtype = torch.float32
-        self.config = _Config(model=f"known-answer ({encoder})", device=str(self.device))
         self.alphas_cumprod = sd_alphas_cumprod().to(self.device)
         self.num_train_timesteps = len(self.alphas_cumprod)
         if self.vae is not None:
@@ -85,7 +71,6 @@ class KnownAnswerPrior:
         else:
             self.scaling_factor, self.latent_factor = 1.0, 8
         self.stats = GuidanceStats()
-        self._target_cache: dict[int, torch.Tensor] = {}
 
     # -- the encoder ------------------------------------------------------------------------------------------
 
@@ -111,17 +96,15 @@ class KnownAnswerPrior:
         return (images / 2.0 + 0.5).clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def encode_source(self, images: torch.Tensor, views: Sequence[int] | None = None):
-        """Source latents, and as "conditioning" the latents of the same views' targets (the known answer)."""
-        if views is None:
-            raise ValueError("the known-answer prior needs the view ids of the images to find their targets")
-        ids = [int(i) for i in views]
-        missing = [i for i in ids if i not in self._target_cache]
-        if missing:
-            encoded = self.encode_images(self.targets(missing))
-            for k, view in enumerate(missing):
-                self._target_cache[view] = encoded[k]
-        return self.encode_images(images), torch.stack([self._target_cache[i] for i in ids])
+    def encode_source(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents of images and, as their conditioning, the same latents: conditioned on a target image, the
+        prior pulls toward it."""
+        latents = self.encode_images(images)
+        return latents, latents.clone()
+
+    def back_off(self) -> None:
+        """Nothing to lower: the encoder runs in float32."""
+        return None
 
     # -- the residual -----------------------------------------------------------------------------------------
 
@@ -138,7 +121,7 @@ class KnownAnswerPrior:
         image_guidance_scale: float = 0.0,
         baseline: str = "image",
     ) -> GuidanceOutput:
-        """``d = e_hat - e`` with ``e_hat`` the perfect denoiser of the target (``image_conditioning``).
+        """``d = e_hat - e`` with ``e_hat`` the perfect denoiser of the image conditioned on (the target).
 
         Prompt and scales are ignored; both baselines coincide (a perfect denoiser of the source returns ``e``).
         """

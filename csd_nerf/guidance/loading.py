@@ -88,6 +88,49 @@ def _fix_hint(model: str) -> str:
     )
 
 
+def _locate(model: str) -> tuple[str, bool]:
+    """Where ``model`` loads from and whether that is a local folder; a one-line error for a bad name or folder."""
+    if not model or not model.strip():
+        raise GuidanceLoadError(
+            f"no InstructPix2Pix model given: pass a hub id such as {DEFAULT_MODEL}, a folder, or 'tiny'"
+        )
+    if model == TINY_MODEL_NAME:
+        return str(tiny_ip2p_path()), True
+    if _looks_like_path(model):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise GuidanceLoadError(
+                f"InstructPix2Pix folder {folder} does not exist: pass an existing diffusers folder"
+            )
+        missing = [name for name in _SUBFOLDERS if not (folder / name).is_dir()]
+        if missing:
+            raise GuidanceLoadError(
+                f"{folder} is not a diffusers InstructPix2Pix folder (missing {', '.join(missing)}): "
+                f"pass the folder that holds model_index.json"
+            )
+        return str(folder), True
+    return model, False
+
+
+def check_ip2p_model(model: str) -> None:
+    """Fail early, in one line, when ``model`` certainly cannot be loaded (a missing folder, a hub id that is
+    neither cached nor reachable); cheap: nothing is loaded. The load itself can still fail later."""
+    location, local = _locate(model)
+    if local:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(location, "config.json", subfolder="unet"), str)
+    except Exception:  # a malformed id: the load will say so
+        return
+    if not cached and not _hub_reachable():
+        raise GuidanceLoadError(
+            f"InstructPix2Pix {model!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"(offline?): {_fix_hint(model)}"
+        )
+
+
 def load_ip2p_components(model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
     """Load UNet, VAE, text encoder, tokenizer and noise schedule of an IP2P model.
 
@@ -103,27 +146,7 @@ def load_ip2p_components(model: str, device: str | torch.device = "cpu", dtype: 
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch_dtype = parse_dtype(dtype)
-    if not model or not model.strip():
-        raise GuidanceLoadError(
-            f"no InstructPix2Pix model given: pass a hub id such as {DEFAULT_MODEL}, a folder, or 'tiny'"
-        )
-    if model == TINY_MODEL_NAME:
-        location, local = str(tiny_ip2p_path()), True
-    elif _looks_like_path(model):
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            raise GuidanceLoadError(
-                f"InstructPix2Pix folder {folder} does not exist: pass an existing diffusers folder"
-            )
-        missing = [name for name in _SUBFOLDERS if not (folder / name).is_dir()]
-        if missing:
-            raise GuidanceLoadError(
-                f"{folder} is not a diffusers InstructPix2Pix folder (missing {', '.join(missing)}): "
-                f"pass the folder that holds model_index.json"
-            )
-        location, local = str(folder), True
-    else:
-        location, local = model, False
+    location, local = _locate(model)
 
     def load_all(local_files_only: bool) -> IP2PComponents:
         kwargs = {"local_files_only": local_files_only}

@@ -23,15 +23,16 @@ class OptimConfig:
     lr_decay_every: int = 20
 
     def validate(self) -> None:
-        """Raise :class:`~csd_nerf.errors.SettingError` with a one-line fix for anything out of range."""
+        """Raise :class:`~csd_nerf.errors.SettingError` with a one-line fix for anything out of range, naming the
+        command-line flag (``csd-edit-2d``'s) as the step's settings do."""
         if self.steps < 1:
-            raise SettingError(f"steps = {self.steps}: use at least 1")
+            raise SettingError(f"--steps {self.steps}: use at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise SettingError(f"lr = {self.lr}: use a positive learning rate")
+            raise SettingError(f"--lr {self.lr}: use a positive learning rate")
         if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
-            raise SettingError(f"lr_decay = {self.lr_decay}: use a factor in (0, 1]")
+            raise SettingError(f"--lr-decay {self.lr_decay}: use a factor in (0, 1]")
         if self.lr_decay_every < 1:
-            raise SettingError(f"lr_decay_every = {self.lr_decay_every}: use at least 1")
+            raise SettingError(f"--lr-decay-every {self.lr_decay_every}: use at least 1")
 
 
 @dataclass

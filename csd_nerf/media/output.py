@@ -1,7 +1,7 @@
 """Output folders written all at once, that never replace what the user made.
 
-Results go to a staging folder beside the output and are renamed into place at the end, so an interrupted run
-leaves nothing half-written. ``--overwrite`` replaces only a folder this project wrote (it holds the marker
+Results go to a staging folder beside the output and are renamed into place at the end, so a failed or
+interrupted run leaves nothing half-written (an interrupted run keeps only what it had finished saving, whole). ``--overwrite`` replaces only a folder this project wrote (it holds the marker
 file, e.g. ``run.json``) or an empty one; any other folder is refused and left untouched.
 """
 
@@ -109,6 +109,26 @@ class StagedOutput:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.final
+
+    def keep(self) -> Path:
+        """Keep the staged results of an interrupted run (they hold their ``marker``); returns where they are.
+
+        They become the output folder when there is none yet. An earlier output (``--overwrite``) is replaced only
+        by a finished run: then they go beside it, as ``<name>.interrupted-<random suffix>``.
+        """
+        if self.staging is None:
+            raise RuntimeError("keep() before open()")
+        if self.final.exists() or self.final.is_symlink():
+            kept = self.staging.with_name(self.staging.name.replace(".partial-", ".interrupted-", 1))
+        else:
+            kept = self.final
+        os.replace(self.staging, kept)
+        self.staging = None
+        return kept
+
+    def public(self, text: str) -> str:
+        """``text`` naming the output folder where it names the staging folder (which the user never sees)."""
+        return text if self.staging is None else text.replace(str(self.staging), str(self.final))
 
     def discard(self) -> None:
         """Remove the staging folder (after an error or an interruption)."""

@@ -12,9 +12,6 @@ from csd_nerf.errors import SettingError
 from csd_nerf.media.latents import LatentSetScene
 from csd_nerf.sizes import fit_long_side
 
-DEFAULT_LONG_SIDE = 512
-"""IP2P's training resolution; the reference resizes every frame to 512x512 regardless of aspect."""
-
 
 def working_size(width: int, height: int, long_side: int, latent_factor: int) -> tuple[int, int]:
     """``(width, height)`` with the long side ``long_side`` and the aspect kept, both sides multiples of the
@@ -25,12 +22,18 @@ def working_size(width: int, height: int, long_side: int, latent_factor: int) ->
 
 
 class VideoScene(LatentSetScene):
-    """Views are frames: rows of one latent tensor ``[T, 4, h, w]`` initialised from the frames' sources."""
+    """Views are frames: rows of one latent tensor ``[T, 4, h, w]`` initialised from the frames' sources.
 
-    def __init__(self, source_latents: torch.Tensor, conditioning: torch.Tensor) -> None:
+    ``weight`` (``[T or 1, 1, h, w]``: a mask in latent space, one for every frame when it has one) multiplies each
+    frame's latent gradient.
+    """
+
+    def __init__(
+        self, source_latents: torch.Tensor, conditioning: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> None:
         if source_latents.ndim != 4:
             raise ValueError(f"video latents must be [T, C, h, w], got {tuple(source_latents.shape)}")
-        super().__init__(source_latents, conditioning)
+        super().__init__(source_latents, conditioning, weight)
 
     @property
     def num_frames(self) -> int:

@@ -3,9 +3,10 @@ resolution or views.
 
 Deferred backpropagation: render every view without a graph, let the caller turn the images into a pixel
 gradient, then re-render the same rays chunk by chunk with a graph and backpropagate each chunk's share of that
-gradient. Only one chunk's graph is alive at a time. Both passes run under the same seed and visit the chunks in
-the same order, so the re-render draws exactly the samples of the first pass (nerfacto jitters its samples while
-training), which makes the result identical to backpropagating through one big graph.
+gradient. Only one chunk's graph is alive at a time. Each view is rendered under a seed of its own (the step's
+and the view's) and its chunks are visited in the same order in both passes, so the re-render draws exactly the
+samples of the first pass (nerfacto jitters its samples while training), which makes the result identical to
+backpropagating through one big graph; and a view renders the same whichever process renders it.
 
 nerfacto's own regularisers (interlevel, distortion, and the normal losses when normals are predicted) are
 computed per chunk and weighted by the chunk's share of all rendered rays, which equals their mean over every
@@ -24,6 +25,8 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
 from nerfstudio.models.nerfacto import NerfactoModel
+
+from csd_nerf.nerf.region import Box, ray_inside_fraction
 
 __all__ = ["ViewRenderer", "regularisers", "saved_tensor_bytes"]
 
@@ -75,6 +78,8 @@ class ViewRenderer:
     cameras: Cameras
     chunk: int = 4096
     regulariser_weight: float = 1.0
+    region: Box | None = None
+    """An edit region: :meth:`render` also returns each pixel's share of rendered weight inside it."""
 
     def __post_init__(self) -> None:
         self.cameras = self.cameras.to(self.model.device)
@@ -93,16 +98,22 @@ class ViewRenderer:
         return [(s, min(s + self.chunk, num_rays)) for s in range(0, num_rays, self.chunk)]
 
     @contextmanager
-    def _pass(self, seed: int, proposals_train: bool) -> Iterator[None]:
-        """One pass over the step's views: the RNG seeded once (forked, so the caller's streams are untouched) and
-        the proposal networks with or without a graph."""
+    def _pass(self, proposals_train: bool) -> Iterator[None]:
+        """One pass over the step's views: the proposal networks with or without a graph."""
+        updates = getattr(self.model, "proposal_updates", None)
+        with updates(proposals_train) if updates is not None else nullcontext():
+            yield
+
+    @contextmanager
+    def _view(self, seed: int, index: int) -> Iterator[None]:
+        """The RNG of one view's render, seeded by the step's seed and the view (forked, so the caller's streams
+        are untouched): a view's samples do not depend on which other views are rendered, in which order or in
+        which process."""
         device = self.model.device
         devices = [device.index or 0] if torch.device(device).type == "cuda" else []
-        updates = getattr(self.model, "proposal_updates", None)
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            with updates(proposals_train) if updates is not None else nullcontext():
-                yield
+            torch.manual_seed((seed * 1_000_003 + int(index)) % (1 << 62))
+            yield
 
     def _proposal_update_due(self) -> bool:
         due = getattr(self.model, "proposal_update_due", None)
@@ -115,8 +126,10 @@ class ViewRenderer:
 
     def render(
         self, indices: Sequence[int], seed: int, with_graph: bool = False
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Render views ``[n, 3, h, w]`` in ``[0, 1]`` and the regularisers (scaled by ``regulariser_weight``).
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """Render views ``[n, 3, h, w]`` in ``[0, 1]``, the regularisers (scaled by ``regulariser_weight``) and,
+        with a region, each pixel's share of rendered weight inside it ``[n, 1, h, w]`` (no graph; else None),
+        from the samples the render already has.
 
         ``with_graph=False`` keeps no graph (the first pass of deferred backpropagation; it never spends the step's
         proposal update); ``True`` keeps the whole graph (direct backpropagation, whose memory grows with views
@@ -124,26 +137,41 @@ class ViewRenderer:
         """
         h, w = self.size
         total = len(indices) * h * w
-        images, reg_totals = [], {}
+        images, insides, reg_totals = [], [], {}
         update = with_graph and self._proposal_update_due()
-        with torch.set_grad_enabled(with_graph), self._pass(seed, update):
+        with torch.set_grad_enabled(with_graph), self._pass(update):
             for index in indices:
                 rays = self.rays(int(index))
-                pixels = []
-                for start, stop in self._chunks(len(rays)):
-                    outputs = self.model(rays[start:stop])
-                    pixels.append(outputs["rgb"].float())
-                    for name, value in regularisers(self.model, outputs).items():
-                        scaled = value * (self.regulariser_weight * (stop - start) / total)
-                        reg_totals[name] = reg_totals.get(name, 0.0) + scaled
+                pixels, inside = [], []
+                with self._view(seed, index):
+                    for start, stop in self._chunks(len(rays)):
+                        outputs = self.model(rays[start:stop])
+                        pixels.append(outputs["rgb"].float())
+                        if self.region is not None:
+                            inside.append(self._inside(outputs))
+                        for name, value in regularisers(self.model, outputs).items():
+                            scaled = value * (self.regulariser_weight * (stop - start) / total)
+                            reg_totals[name] = reg_totals.get(name, 0.0) + scaled
                 images.append(torch.cat(pixels).reshape(h, w, 3).permute(2, 0, 1))
+                if inside:
+                    insides.append(torch.cat(inside).reshape(h, w, 1).permute(2, 0, 1))
         if with_graph:
             self._finish(update)
-        return torch.stack(images), reg_totals
+        return torch.stack(images), reg_totals, (torch.stack(insides) if insides else None)
 
-    def backpropagate(self, indices: Sequence[int], seed: int, pixel_grads: torch.Tensor) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def _inside(self, outputs: dict) -> torch.Tensor:
+        """Each ray's share of rendered weight inside the region ``[R, 1]``, from the final sampling level."""
+        samples = outputs["ray_samples_list"][-1]
+        points = samples.frustums.get_positions().detach()
+        return ray_inside_fraction(outputs["weights_list"][-1].detach().float(), self.region.weights(points.float()))
+
+    def backpropagate(
+        self, indices: Sequence[int], seed: int, pixel_grads: torch.Tensor, regulariser_share: float = 1.0
+    ) -> dict[str, torch.Tensor]:
         """Second pass: re-render chunk by chunk with a graph and backpropagate ``pixel_grads`` ``[n, 3, h, w]``
-        together with the regularisers into the model's parameters' ``.grad``.
+        together with the regularisers (their gradient times ``regulariser_share``: this process's share of a
+        step spread over several) into the model's parameters' ``.grad``.
 
         Returns the regularisers' values (detached, on the device).
         """
@@ -152,22 +180,23 @@ class ViewRenderer:
         reg_totals: dict[str, torch.Tensor] = {}
         update = self._proposal_update_due()
         measure = [0] if self.graph_bytes_per_ray is None else None
-        with self._pass(seed, update):
+        with self._pass(update):
             for i, index in enumerate(indices):
                 rays = self.rays(int(index))
                 grads = pixel_grads[i].permute(1, 2, 0).reshape(-1, 3).to(self.model.device)
-                for start, stop in self._chunks(len(rays)):
-                    with saved_tensor_bytes(measure) if measure is not None else nullcontext():
-                        outputs = self.model(rays[start:stop])
-                        loss = (outputs["rgb"].float() * grads[start:stop]).sum()
-                        for name, value in regularisers(self.model, outputs).items():
-                            scaled = value * (self.regulariser_weight * (stop - start) / total)
-                            loss = loss + scaled
-                            reg_totals[name] = reg_totals.get(name, 0.0) + scaled.detach()
-                    if measure is not None:
-                        self.graph_bytes_per_ray = measure[0] / (stop - start)
-                        measure = None
-                    if loss.requires_grad:
-                        loss.backward()
+                with self._view(seed, index):
+                    for start, stop in self._chunks(len(rays)):
+                        with saved_tensor_bytes(measure) if measure is not None else nullcontext():
+                            outputs = self.model(rays[start:stop])
+                            loss = (outputs["rgb"].float() * grads[start:stop]).sum()
+                            for name, value in regularisers(self.model, outputs).items():
+                                scaled = value * (self.regulariser_weight * (stop - start) / total)
+                                loss = loss + regulariser_share * scaled
+                                reg_totals[name] = reg_totals.get(name, 0.0) + scaled.detach()
+                        if measure is not None:
+                            self.graph_bytes_per_ray = measure[0] / (stop - start)
+                            measure = None
+                        if loss.requires_grad:
+                            loss.backward()
         self._finish(update)
         return reg_totals

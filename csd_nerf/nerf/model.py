@@ -16,6 +16,8 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from csd_nerf.nerf.poses import SourcePoses
+
 __all__ = ["CSDNerfactoModelConfig", "CSDNerfactoModel", "LazyLPIPS", "lazy_lpips"]
 
 
@@ -77,7 +79,7 @@ class CSDNerfactoModelConfig(NerfactoModelConfig):
     trained them could hide per-view content where no render shows it (measured with the known-answer edit)."""
 
 
-class CSDNerfactoModel(NerfactoModel):
+class CSDNerfactoModel(SourcePoses, NerfactoModel):
     """nerfacto whose construction is offline-safe, whose camera poses (and by default appearance embeddings) stay
     those of the source run, and whose proposal updates are decided once per edit step (see
     :meth:`proposal_updates`)."""
@@ -87,8 +89,7 @@ class CSDNerfactoModel(NerfactoModel):
     def populate_modules(self) -> None:
         with lazy_lpips():
             super().populate_modules()
-        if not self.config.optimize_cameras:
-            self.camera_optimizer.requires_grad_(False)
+        self.freeze_source_poses()
         if self.config.freeze_appearance and self.field.embedding_appearance is not None:
             self.field.embedding_appearance.requires_grad_(False)
 
@@ -120,13 +121,6 @@ class CSDNerfactoModel(NerfactoModel):
         """Consume this step's proposal update, as one nerfacto forward pass would have."""
         if updated:
             self.proposal_sampler._steps_since_update = 0
-
-    def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
-        groups = super().get_param_groups()
-        if not self.config.optimize_cameras:
-            groups.pop("camera_opt", None)
-        # Frozen parameters stay in their group (so checkpoints keep them) but get no gradient, hence no update.
-        return groups
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.models.base_model import ModelConfig
@@ -24,8 +25,12 @@ class CSDPipelineConfig(VanillaPipelineConfig, EditSettings):
 
     _target: type = field(default_factory=lambda: CSDPipeline)
     datamanager: DataManagerConfig = field(
-        default_factory=lambda: VanillaDataManagerConfig(dataparser=NerfstudioDataParserConfig())
+        default_factory=lambda: VanillaDataManagerConfig(
+            dataparser=NerfstudioDataParserConfig(), train_num_rays_per_batch=4096
+        )
     )
+    """The training images and their ray batches: read in idu mode only (nerfacto's 4096 rays per batch); a
+    distill edit renders whole views instead."""
     model: ModelConfig = field(default_factory=CSDNerfactoModelConfig)
     ray_chunk: int = 4096
     """Rays per rendered chunk; bounds the memory of the NeRF graph in deferred backpropagation."""
@@ -43,18 +48,6 @@ class CSDPipeline(EditingPipeline, VanillaPipeline):
 
     config: CSDPipelineConfig
 
-    def __init__(
-        self,
-        config: CSDPipelineConfig,
-        device: str,
-        test_mode: Literal["test", "val", "inference"] = "val",
-        world_size: int = 1,
-        local_rank: int = 0,
-        grad_scaler: Any = None,
-    ) -> None:
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self._init_editing(test_mode)
-
     def make_scene(self, guidance: Any):
         from csd_nerf.nerf.deferred import ViewRenderer
         from csd_nerf.nerf.scene import NerfScene
@@ -71,6 +64,7 @@ class CSDPipeline(EditingPipeline, VanillaPipeline):
             self.model, views.cameras, chunk=cfg.ray_chunk, regulariser_weight=cfg.regulariser_weight
         )
         budget = int(cfg.memory_budget_gb * 2**30) if cfg.memory_budget_gb > 0 else None
+        self._render_seeds = torch.Generator().manual_seed(cfg.seed)
         return NerfScene(
             renderer,
             views,
@@ -81,3 +75,9 @@ class CSDPipeline(EditingPipeline, VanillaPipeline):
             memory_budget=budget,
             log=CONSOLE.print,
         )
+
+    def render_training_views(self, ids: list[int]) -> torch.Tensor:
+        """Training views at the render size, in training mode and without a graph (the scene's ray chunks)."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._render_seeds))
+        renders, _, _ = self.scene.renderer.render(ids, seed, with_graph=False)
+        return renders.detach()

@@ -15,8 +15,10 @@ from typing import Literal
 
 import torch
 
-from csd_nerf.guidance import IP2PGuidance, SourceCache
+from csd_nerf.editor import Prior
 from csd_nerf.nerf.deferred import ViewRenderer, saved_tensor_bytes
+from csd_nerf.nerf.region import Box, weight_gradient
+from csd_nerf.nerf.view_scene import ViewScene
 from csd_nerf.nerf.views import TrainViews
 
 __all__ = ["NerfScene", "Backprop", "default_memory_budget"]
@@ -35,7 +37,7 @@ def default_memory_budget(device: torch.device) -> int:
         return 1 << 30
 
 
-class NerfScene:
+class NerfScene(ViewScene):
     """Training views of a nerfacto model as the views of the edit.
 
     Args:
@@ -53,7 +55,7 @@ class NerfScene:
         self,
         renderer: ViewRenderer,
         views: TrainViews,
-        guidance: IP2PGuidance,
+        guidance: Prior,
         backprop: Backprop = "auto",
         preservation_weight: float = 0.0,
         seed: int = 0,
@@ -62,69 +64,60 @@ class NerfScene:
     ) -> None:
         if backprop not in ("auto", "deferred", "direct"):
             raise ValueError(f"backprop {backprop!r}: use 'auto', 'deferred' or 'direct'")
-        self.renderer, self.views, self.guidance = renderer, views, guidance
+        super().__init__(renderer.model, views, guidance, preservation_weight)
+        self.renderer = renderer
         self.backprop = backprop
-        self.preservation_weight = preservation_weight
         self.memory_budget = memory_budget
         self._log = log
         self._generator = torch.Generator().manual_seed(seed)
-        self._sources = SourceCache(self._encode_sources)
         self._step: tuple[list[int], int, torch.Tensor, dict[str, torch.Tensor], bool] | None = None
         self._vae_graph_bytes: int | None = None
         self._chosen: str | None = None if backprop == "auto" else backprop
-        self.last_renders: torch.Tensor | None = None
-
-    @property
-    def num_views(self) -> int:
-        return len(self.views)
 
     @property
     def mode(self) -> str:
         """The backpropagation this step uses (``auto`` runs deferred until it has measured the graph)."""
         return self._chosen or "deferred"
 
-    def _encode_sources(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.guidance.encode_source(self.views.source_images(ids).to(self.guidance.device), views=ids)
-
-    def sources(self, views: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source latents and IP2P conditioning of these views, encoded once per view."""
-        return self._sources(views)
-
     def latents(self, views: Sequence[int]) -> torch.Tensor:
         """Render views and return their latents ``[n, 4, h/f, w/f]``; :meth:`backward` completes the step."""
         ids = [int(i) for i in views]
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))
         direct = self.mode == "direct"
-        renders, regs = self.renderer.render(ids, seed, with_graph=direct)
+        renders, regs, inside = self.renderer.render(ids, seed, with_graph=direct)
         self.last_renders = renders.detach()
         images = renders.to(self.guidance.device)
         if direct:
+            if inside is not None:  # the edit reaches a pixel as far as its ray lies inside the region
+                images = weight_gradient(images, inside.to(images.device))
             latents = self.guidance.encode_images(images)
         else:
             with torch.no_grad():
                 latents = self.guidance.encode_images(images)
-        self._step = (ids, seed, renders, regs, direct)
+        self._step = (ids, seed, renders, regs, direct, inside)
         return latents
 
-    def _preservation(self, renders: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        sources = self.views.source_images(ids).to(renders.device)
-        return self.preservation_weight * (renders - sources).square().mean()
+    def set_region(self, box: Box | None, preservation_weight: float = 0.0) -> None:
+        super().set_region(box, preservation_weight)
+        self.renderer.region = box
 
     def backward(self, latents: torch.Tensor, grad: torch.Tensor) -> dict[str, float]:
         """Carry the latent gradient ``grad`` into the model's parameters; returns the extra terms' values."""
         if self._step is None:
             raise RuntimeError("backward() without latents(): the editor renders the views first")
-        ids, seed, renders, regs, direct = self._step
+        ids, seed, renders, regs, direct, inside = self._step
         self._step = None
+        outside = None if inside is None else 1 - inside
         if direct:
             losses = dict(regs)
-            loss = (latents * grad).sum() + sum(regs.values(), torch.zeros((), device=latents.device))
-            if self.preservation_weight > 0:
-                losses["preservation_loss"] = self._preservation(renders, ids)
-                loss = loss + losses["preservation_loss"]
-            loss.backward()
+            extra = sum(regs.values(), torch.zeros((), device=latents.device))
+            preservation = self.preservation(renders, ids, outside)
+            if preservation is not None:
+                losses["preservation_loss"] = preservation
+                extra = extra + preservation
+            ((latents * grad).sum() + self.loss_share * extra).backward()
         else:
-            losses = self._deferred_backward(ids, seed, renders, grad)
+            losses = self._deferred_backward(ids, seed, renders, grad, inside)
         self._choose(len(ids), renders.shape[-2] * renders.shape[-1])
         # One host sync for all the step's values.
         names = list(losses)
@@ -132,7 +125,7 @@ class NerfScene:
         return dict(zip(names, values, strict=True))
 
     def _deferred_backward(
-        self, ids: list[int], seed: int, renders: torch.Tensor, grad: torch.Tensor
+        self, ids: list[int], seed: int, renders: torch.Tensor, grad: torch.Tensor, inside: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         pixel_grads = torch.empty_like(renders)
         for i in range(len(ids)):  # one view's VAE graph at a time
@@ -143,13 +136,15 @@ class NerfScene:
             latent.backward(grad[i : i + 1])
             self._vae_graph_bytes = measure[0]
             pixel_grads[i] = image.grad[0].to(renders.device)
+        if inside is not None:  # the edit reaches a pixel as far as its ray lies inside the region
+            pixel_grads *= inside.to(pixel_grads.device)
         losses: dict[str, torch.Tensor] = {}
-        if self.preservation_weight > 0:
-            sources = self.views.source_images(ids).to(renders.device)
-            diff = renders - sources
-            losses["preservation_loss"] = self.preservation_weight * diff.square().mean()
-            pixel_grads += (2.0 * self.preservation_weight / diff.numel()) * diff
-        losses.update(self.renderer.backpropagate(ids, seed, pixel_grads))
+        held = renders.detach().requires_grad_(True)
+        preservation = self.preservation(held, ids, None if inside is None else 1 - inside)
+        if preservation is not None:  # its pixel gradient joins the cached one: no second graph
+            losses["preservation_loss"] = preservation
+            pixel_grads += self.loss_share * torch.autograd.grad(preservation, held)[0]
+        losses.update(self.renderer.backpropagate(ids, seed, pixel_grads, self.loss_share))
         return losses
 
     def direct_graph_bytes(self, num_views: int, pixels: int) -> int | None:

@@ -28,6 +28,8 @@ __all__ = [
     "SourceRun",
     "find_source",
     "latest_run",
+    "data_path",
+    "source_data",
     "cli_overrides",
     "inherit_source_config",
     "model_state_from_checkpoint",
@@ -94,22 +96,77 @@ def _same_path(a: Path | None, b: Path | None) -> bool:
         return False
 
 
-def latest_run(output_dir: Path, data: Path, methods: Sequence[str]) -> Path | None:
-    """The newest run folder of one of ``methods`` trained on ``data`` under ``output_dir`` (with a checkpoint)."""
+def data_path(datamanager: Any) -> Path | None:
+    """The data folder a datamanager config names, wherever nerfstudio keeps it: ``--data`` on ``ns-train``
+    (``datamanager.data``) or on the dataparser subcommand (``dataparser.data``; its default ``Path()`` is none)."""
+    data = getattr(datamanager, "data", None)
+    if data is not None:
+        return Path(data)
+    data = getattr(getattr(datamanager, "dataparser", None), "data", None)
+    return Path(data) if data is not None and Path(data) != Path() else None
+
+
+def _training_folder(run: Path, config: Any) -> Path | None:
+    """The working folder ``ns-train`` ran in when it made ``run``, read off the run folder's own path.
+
+    nerfstudio writes a run to ``<output_dir>/<experiment>/<method>/<timestamp>`` relative to its working folder;
+    with a relative ``output_dir`` that folder is what remains of the run's absolute path without those parts.
+    """
+    try:
+        base = (
+            Path(str(config.output_dir)) / str(config.experiment_name) / str(config.method_name) / str(config.timestamp)
+        )
+    except AttributeError:
+        return None
+    if base.is_absolute():
+        return None
+    run = run.resolve()
+    parts = base.parts
+    if len(run.parts) <= len(parts) or run.parts[-len(parts) :] != parts:
+        return None
+    return run.parents[len(parts) - 1]
+
+
+def source_data(run: Path, config: Any) -> Path | None:
+    """The data folder the source run at ``run`` was trained on, resolved as nerfstudio resolved it then.
+
+    A relative data path is relative to the folder ``ns-train`` ran in, which is not the current one when a user
+    edits from elsewhere: it is taken from there (:func:`_training_folder`), else from here; None if not named.
+    """
+    data = data_path(getattr(getattr(config, "pipeline", None), "datamanager", None))
+    if data is None or data.expanduser().is_absolute():
+        return data.expanduser() if data is not None else None
+    folder = _training_folder(run, config)
+    if folder is not None and (folder / data).exists():
+        return folder / data
+    return data
+
+
+def _runs_of(output_dir: Path, data: Path, methods: Sequence[str]) -> list[tuple[Path, bool]]:
+    """Run folders of ``methods`` trained on ``data`` under ``output_dir``, each with whether it has a checkpoint."""
     runs = []
     for method in methods:
         for config_path in Path(output_dir).glob(f"*/{method}/*/config.yml"):
             run = config_path.parent
-            if not any((run / "nerfstudio_models").glob("step-*.ckpt")):
-                continue
             try:
                 config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-                run_data = config.pipeline.datamanager.data
             except Exception:  # an unreadable run is simply not a candidate
                 continue
-            if _same_path(run_data, data):
-                runs.append((run.name, run.stat().st_mtime, run))
+            if _same_path(source_data(run, config), data):
+                runs.append((run, any((run / "nerfstudio_models").glob("step-*.ckpt"))))
+    return runs
+
+
+def latest_run(output_dir: Path, data: Path, methods: Sequence[str]) -> Path | None:
+    """The newest run folder of one of ``methods`` trained on ``data`` under ``output_dir`` (with a checkpoint)."""
+    runs = [(run.name, run.stat().st_mtime, run) for run, finished in _runs_of(output_dir, data, methods) if finished]
     return max(runs)[2] if runs else None
+
+
+OFFLINE_NERFACTO_HINT = (
+    "offline, ns-train nerfacto stops while fetching AlexNet for its LPIPS metric: see the README, "
+    "'Training the source scene offline' (Troubleshooting)"
+)
 
 
 def find_source(
@@ -126,9 +183,15 @@ def find_source(
     if load_dir is None and load_checkpoint_path is None and data is not None and output_dir is not None:
         run = latest_run(output_dir, data, methods)
         if run is None:
+            unfinished = [r for r, finished in _runs_of(output_dir, data, methods) if not finished]
+            why = (
+                f"{len(unfinished)} {methods[0]} run(s) of {data} under {output_dir} stopped before their first "
+                f"checkpoint ({OFFLINE_NERFACTO_HINT}); "
+                if unfinished
+                else f"no {' or '.join(methods)} run of {data} under {output_dir}: "
+            )
             raise SourceError(
-                f"no {' or '.join(methods)} run of {data} under {output_dir}: train it first "
-                f"(ns-train {methods[0]} --data {data}), or pass --load-dir .../nerfstudio_models"
+                f"{why}train it first (ns-train {methods[0]} --data {data}), or pass --load-dir .../nerfstudio_models"
             )
         load_dir = run / "nerfstudio_models"
         if announce is not None:
@@ -221,11 +284,19 @@ def inherit_source_config(
 
     datamanager = config.pipeline.datamanager
     src_datamanager = source.config.pipeline.datamanager
-    user_data = datamanager.data
+    user_data = data_path(datamanager)
     if not _dataparser_named_on_cli(argv) and hasattr(src_datamanager, "dataparser"):
         datamanager.dataparser = src_datamanager.dataparser
     if user_data is None:
-        datamanager.data = src_datamanager.data if src_datamanager.data is not None else datamanager.dataparser.data
+        data = source_data(source.checkpoint.parent.parent, source.config)
+        if data is not None and not data.exists():
+            raise SourceError(
+                f"the source run was trained on {data_path(src_datamanager)}, which is not found from here or from "
+                f"the folder it was trained in: pass --data with where that scene is now"
+            )
+        datamanager.data = data
+    else:
+        datamanager.data = user_data
     return changed
 
 

@@ -19,6 +19,8 @@ from nerfstudio.models import splatfacto
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig, get_viewmat
 
 from csd_nerf.nerf.model import lazy_lpips
+from csd_nerf.nerf.poses import SourcePoses
+from csd_nerf.nerf.region import Box
 
 __all__ = [
     "SplatfactoCPUModelConfig",
@@ -97,27 +99,24 @@ class CSDSplatModelConfig(SplatfactoCPUModelConfig):
     """The model config of the runs this one edits (splatfacto and splatfacto-cpu runs)."""
     optimize_cameras: bool = False
     """Keep refining the source run's camera poses while editing (off: edits are not consistent targets)."""
+    densify: bool = False
+    """Densify and prune the Gaussians during the edit with splatfacto's strategy (off: chosen by the known-answer
+    edit, docs/DESIGN.md)."""
     settled_sh: bool = True
     """Use the source run's full SH degree from the first edit step: the source converged, so the edit must not
     restart splatfacto's degree schedule (which would drop view-dependent colour for 1000 steps)."""
 
 
-class CSDSplatModel(SplatfactoCPUModel):
+class CSDSplatModel(SourcePoses, SplatfactoCPUModel):
     """Splats rendered many views at a time for the edit, densified (or not) as the pipeline says."""
 
     config: CSDSplatModelConfig
-    densify: bool = True
+    region: Box | None = None
+    """The edit region (set by the pipeline): densification stays inside it."""
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        if not self.config.optimize_cameras:
-            self.camera_optimizer.requires_grad_(False)
-
-    def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
-        groups = super().get_param_groups()
-        if not self.config.optimize_cameras:
-            groups.pop("camera_opt", None)
-        return groups
+        self.freeze_source_poses()
 
     def _sh_degree(self) -> int | None:
         if self.config.sh_degree <= 0:
@@ -136,6 +135,11 @@ class CSDSplatModel(SplatfactoCPUModel):
             return super().get_outputs(camera)
         finally:
             self.step = step
+
+    def _get_downscale_factor(self) -> int:
+        """Full resolution throughout: the source run finished splatfacto's resolution schedule, and an edit (whose
+        steps count from 0) must not restart it (idu mode trains on the training images through this)."""
+        return 1
 
     def render_views(self, cameras: Sequence[Cameras], background: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Render several training views in one rasterisation, with a graph: ``[n, 3, h, w]`` in ``[0, 1]``.
@@ -171,12 +175,50 @@ class CSDSplatModel(SplatfactoCPUModel):
             absgrad=self.strategy.absgrad,
             rasterize_mode=self.config.rasterize_mode,
         )
-        if self.training and self.densify:
+        if self.training and self.config.densify and torch.is_grad_enabled():  # not an idu update's render
             self.info = info
             self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
         rgb = (render[..., :3] + (1 - alpha) * background.to(device)).clamp(0.0, 1.0)
         return rgb.permute(0, 3, 1, 2), info
 
     def step_post_backward(self, step: int) -> None:
-        if self.densify:
+        if not self.config.densify:
+            return
+        info = getattr(self, "info", None) or {}
+        grad = getattr(info.get("means2d"), "grad", None)
+        if grad is not None and not bool(torch.isfinite(grad).all()):  # a skipped (overflowed) step adds nothing
+            return
+        with self._densify_inside_only():
             super().step_post_backward(step)
+
+    @contextmanager
+    def _densify_inside_only(self) -> Iterator[None]:
+        """With an edit region, splatfacto's strategy acts inside it only: the scene's split and duplication
+        statistics outside are zero already (their gradients are dropped), pruning is limited to Gaussians
+        inside, and the periodic opacity reset, which would touch every Gaussian, is skipped."""
+        region = getattr(self, "region", None)
+        if region is None:
+            yield
+            return
+        from gsplat.strategy.ops import remove
+
+        strategy = self.strategy
+        prune, reset_every = strategy._prune_gs, strategy.reset_every
+
+        def prune_inside(params, optimizers, state, step) -> int:
+            """gsplat's ``DefaultStrategy._prune_gs`` (opacity and 3D size), for Gaussians inside the region."""
+            is_prune = torch.sigmoid(params["opacities"].flatten()) < strategy.prune_opa
+            if step > reset_every:
+                scale = torch.exp(params["scales"]).max(dim=-1).values
+                is_prune |= scale > strategy.prune_scale3d * state["scene_scale"]
+            is_prune &= region.weights(params["means"].detach().float()) > 0
+            count = int(is_prune.sum())
+            if count:
+                remove(params=params, optimizers=optimizers, state=state, mask=is_prune)
+            return count
+
+        strategy._prune_gs, strategy.reset_every = prune_inside, 1 << 62
+        try:
+            yield
+        finally:
+            strategy._prune_gs, strategy.reset_every = prune, reset_every

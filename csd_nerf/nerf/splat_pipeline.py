@@ -4,8 +4,9 @@ per training step (the shared machinery is :mod:`csd_nerf.nerf.editing`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+import torch
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
@@ -29,27 +30,12 @@ class CSDSplatPipelineConfig(VanillaPipelineConfig, EditSettings):
         )
     )
     model: ModelConfig = field(default_factory=CSDSplatModelConfig)
-    densify: bool = False
-    """Densify and prune the Gaussians during the edit as splatfacto does (chosen by the known-answer edit)."""
 
 
 class CSDSplatPipeline(EditingPipeline, VanillaPipeline):
     """splatfacto pipeline whose training step is the shared CSD-Edit step over rendered training views."""
 
     config: CSDSplatPipelineConfig
-
-    def __init__(
-        self,
-        config: CSDSplatPipelineConfig,
-        device: str,
-        test_mode: Literal["test", "val", "inference"] = "val",
-        world_size: int = 1,
-        local_rank: int = 0,
-        grad_scaler: Any = None,
-    ) -> None:
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.model.densify = config.densify
-        self._init_editing(test_mode)
 
     def make_scene(self, guidance: Any):
         from csd_nerf.nerf.splat_scene import SplatScene
@@ -58,3 +44,17 @@ class CSDSplatPipeline(EditingPipeline, VanillaPipeline):
         cfg = self.config
         views = TrainViews(self.datamanager.train_dataset, cfg.render_resolution, guidance.latent_factor)
         return SplatScene(self.model, views, guidance, cfg.preservation_weight)
+
+    @torch.no_grad()
+    def render_training_views(self, ids: list[int]) -> torch.Tensor:
+        """Training views at the render size, rasterised a few at a time without a graph."""
+        views, cameras = self.scene.views, []
+        for index in ids:
+            camera = views.camera(index)
+            camera.metadata = {"cam_idx": index}  # which pose correction applies
+            cameras.append(camera)
+        renders = [
+            self.model.render_views(cameras[start : start + 4], self.model.background_color)[0]
+            for start in range(0, len(cameras), 4)
+        ]
+        return torch.cat(renders)

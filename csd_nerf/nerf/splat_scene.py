@@ -2,7 +2,8 @@
 
 A view id is a training camera's index. ``latents(views)`` renders all the step's views in one rasterisation
 with a graph and encodes them with the prior's VAE; ``backward`` is one ``backward`` through VAE and rasteriser
-into means, scales, rotations, opacities and colours.
+into means, scales, rotations, opacities and colours. With an edit region, only the Gaussians inside it keep
+their gradients: the rest of the scene is frozen.
 
 Why no deferred backpropagation here: a splat render's graph is per-Gaussian and per-intersection state, a few
 MB for a 512 px view (against the GBs of a NeRF's per-sample MLP activations), and small beside the VAE encoder's
@@ -15,14 +16,16 @@ from collections.abc import Sequence
 
 import torch
 
-from csd_nerf.guidance import IP2PGuidance, SourceCache
+from csd_nerf.editor import Prior
+from csd_nerf.nerf.region import Box
 from csd_nerf.nerf.splat_model import CSDSplatModel
+from csd_nerf.nerf.view_scene import ViewScene
 from csd_nerf.nerf.views import TrainViews
 
 __all__ = ["SplatScene"]
 
 
-class SplatScene:
+class SplatScene(ViewScene):
     """Training views of a splat model as the views of the edit.
 
     Args:
@@ -34,25 +37,18 @@ class SplatScene:
 
     mode = "direct"
 
+    model: CSDSplatModel
+
     def __init__(
-        self, model: CSDSplatModel, views: TrainViews, guidance: IP2PGuidance, preservation_weight: float = 0.0
+        self, model: CSDSplatModel, views: TrainViews, guidance: Prior, preservation_weight: float = 0.0
     ) -> None:
-        self.model, self.views, self.guidance = model, views, guidance
-        self.preservation_weight = preservation_weight
-        self._sources = SourceCache(self._encode_sources)
+        super().__init__(model, views, guidance, preservation_weight)
         self._step: tuple[list[int], torch.Tensor] | None = None
-        self.last_renders: torch.Tensor | None = None
 
-    @property
-    def num_views(self) -> int:
-        return len(self.views)
-
-    def _encode_sources(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.guidance.encode_source(self.views.source_images(ids).to(self.guidance.device), views=ids)
-
-    def sources(self, views: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source latents and IP2P conditioning of these views, encoded once per view."""
-        return self._sources(views)
+    def set_region(self, box: Box | None, preservation_weight: float = 0.0) -> None:
+        """Edit only the Gaussians inside ``box``: the rest are frozen, so no preservation loss is needed."""
+        super().set_region(box, 0.0)
+        self.model.region = box
 
     def _camera(self, index: int):
         camera = self.views.camera(index)
@@ -62,23 +58,38 @@ class SplatScene:
     def latents(self, views: Sequence[int]) -> torch.Tensor:
         """Render the views with a graph and return their latents ``[n, 4, h/f, w/f]``."""
         ids = [int(i) for i in views]
-        renders, _ = self.model.render_views([self._camera(i) for i in ids], self.model.background_color)
+        renders, info = self.model.render_views([self._camera(i) for i in ids], self.model.background_color)
         self.last_renders = renders.detach()
-        self._step = (ids, renders)
+        self._step = (ids, renders, info)
         return self.guidance.encode_images(renders.to(self.guidance.device))
 
     def backward(self, latents: torch.Tensor, grad: torch.Tensor) -> dict[str, float]:
         """One backward through the VAE and the rasteriser; returns the extra terms' values."""
         if self._step is None:
             raise RuntimeError("backward() without latents(): the editor renders the views first")
-        ids, renders = self._step
+        ids, renders, info = self._step
         self._step = None
         loss = (latents * grad).sum()
         losses: dict[str, float] = {}
-        if self.preservation_weight > 0:
-            sources = self.views.source_images(ids).to(renders.device)
-            preservation = self.preservation_weight * (renders - sources).square().mean()
-            loss = loss + preservation
+        preservation = self.preservation(renders, ids)
+        if preservation is not None:
+            loss = loss + self.loss_share * preservation
             losses["preservation_loss"] = float(preservation.detach())
         loss.backward()
+        if self.region is not None:
+            self._freeze_outside(info)
         return losses
+
+    @torch.no_grad()
+    def _freeze_outside(self, info: dict) -> None:
+        """Only Gaussians whose means lie inside the region keep their gradients (fading over its margin); those
+        outside neither move nor count toward densification (their screen-space gradients are dropped too)."""
+        weight = self.region.weights(self.model.means.detach().float())
+        for param in self.model.gauss_params.values():
+            if param.grad is not None:
+                param.grad.mul_(weight.view(-1, *[1] * (param.dim() - 1)).to(param.grad.dtype))
+        means2d = info.get("means2d")
+        for name in ("grad", "absgrad"):
+            stat = getattr(means2d, name, None)
+            if stat is not None and stat.shape[-2] == weight.shape[0]:  # [cameras, Gaussians, 2] (unpacked)
+                stat.mul_(weight.view(1, -1, 1).to(stat.dtype))

@@ -10,10 +10,12 @@ PSNR of the held-out views (the dataparser's eval split) against the target's im
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -24,11 +26,12 @@ from typing import Any
 
 import torch
 
+from csd_nerf.editor import CSDEditConfig
 from csd_nerf.errors import UserError
 from csd_nerf.testing.offline import offline_tool_env
 from csd_nerf.testing.presets import QUIET, nerfacto_cpu_training
 
-__all__ = ["ConvergenceConfig", "train_source", "run_known_answer_edit", "psnr"]
+__all__ = ["ConvergenceConfig", "train_source", "run_known_answer_edit", "psnr", "psnr_where"]
 
 
 @dataclass
@@ -43,7 +46,7 @@ class ConvergenceConfig:
     steps: int = 200
     """Edit steps."""
     source_steps: int = 1000
-    num_particles: int = 4
+    num_particles: int = CSDEditConfig.num_particles
     render_resolution: int = 64
     coupling: bool = True
     backprop: str = "auto"
@@ -52,18 +55,58 @@ class ConvergenceConfig:
     """``pixels`` (exact fixed point) or ``vae`` (the miniature IP2P's VAE: the real encoder path)."""
     seed: int = 0
     extra_pipeline: dict[str, Any] = field(default_factory=dict)
-    """Further ``config.pipeline`` fields (e.g. ``densify`` for splats)."""
+    """Further ``config.pipeline`` fields, dotted below it (e.g. ``model.densify`` for splats)."""
     source_run: Path | None = None
     """An existing source run to edit (default: the one in ``work_dir/outputs``, trained there if missing)."""
     held_out_fraction: float = 0.2
     """Views the source run holds out (its dataparser's eval split), on which the edit is measured."""
     source_flags: list[str] = field(default_factory=list)
     """Further ``ns-train`` flags of the source run (e.g. a model preset)."""
+    region: tuple[float, float, float, float, float, float] | None = None
+    """Edit only inside an axis-aligned box ``(cx, cy, cz, hx, hy, hz)`` (centre, half-sizes) in the datasets' own
+    coordinates; converted with the source run's dataparser transform into the pipeline's."""
+    region_margin: float = 0.0
+    """Soft edge of the region, in the pipeline's world units."""
+    region_preservation: float | None = None
+    """nerfacto: weight of the pull toward the source outside the region (None: the pipeline's default)."""
+    local_target_data: Path | None = None
+    """The local target (the source with only the region's object edited): adds ``psnr_local_*`` (held-out PSNR
+    to it), ``psnr_outside_source_*`` (held-out PSNR to the source where the local target equals it) and
+    ``psnr_protected_source_*`` (the same over those of these pixels that the full target changes: what an edit
+    without a region moves and a region must keep)."""
+    references: dict[str, Path] = field(default_factory=dict)
+    """Further datasets of the same cameras to measure the held-out renders against, by name: the report gains
+    ``psnr_to_<name>_before``/``_after`` (e.g. the real target, for a control run whose target is the source)."""
+    mode: str = "distill"
+    """``distill`` (CSD-Edit through the renderer every step) or ``idu`` (iterative dataset update: the prior edits
+    a subset of views' latents toward their targets, written into the training images the scene then fits)."""
+    idu_every: int | None = None
+    """idu: steps between updates (None: the pipeline's default)."""
+    idu_views: int | None = None
+    """idu: views per update (None: the pipeline's default)."""
+    idu_steps: int | None = None
+    """idu: CSD-Edit steps per update (None: the pipeline's default)."""
+    idu_lr: float | None = None
+    """idu: SGD learning rate on the latents (None: the pipeline's default)."""
+    train_rays_per_batch: int = 1024
+    """nerfacto, idu: rays per training step (the CPU source preset's)."""
+    eval_every: int = 0
+    """Also measure the held-out PSNR to the target every K edit steps (0: before and after only), to find the
+    step and the time at which the held-out gain first reaches ``gain_threshold``."""
+    gain_threshold: float = 3.0
+    """The held-out gain (dB) whose first step and time the report gives (with ``eval_every``)."""
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in ``[0, 1]``."""
     mse = float((a.float() - b.float()).square().mean())
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def psnr_where(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """PSNR in dB of images ``[n, 3, h, w]`` over the pixels where ``mask`` ``[n, 1, h, w]`` holds (all views)."""
+    error = (a.float() - b.float()).square() * mask
+    mse = float(error.sum() / (mask.sum() * a.shape[1]).clamp(min=1))
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
@@ -114,16 +157,27 @@ def _render_eval(pipeline: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def _render_views(pipeline: Any, cameras: Any) -> torch.Tensor:
-    """The model's renders ``[n, 3, h, w]`` of ``cameras`` in eval mode (as ns-render would)."""
+    """The model's renders ``[n, 3, h, w]`` of ``cameras`` in eval mode (as ns-render would).
+
+    Leaves the run as it found it, so that measuring during an edit does not change the edit: the random streams
+    are forked, nerfacto's proposal schedule is held (a forward pass would spend its next update), and a splat
+    model's rasteriser meta (what densification reads after the step) is restored.
+    """
     cameras = cameras.to(pipeline.device)
     model = pipeline.model
     was_training = model.training
+    hold = getattr(model, "proposal_updates", None)
+    info = getattr(model, "info", None)
     model.eval()
     images = []
-    for i in range(len(cameras)):
-        outputs = model.get_outputs_for_camera(cameras[i : i + 1])
-        images.append(outputs["rgb"].permute(2, 0, 1).float().cpu())
+    devices = [torch.device(pipeline.device).index or 0] if torch.device(pipeline.device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), hold(False) if hold is not None else contextlib.nullcontext():
+        for i in range(len(cameras)):
+            outputs = model.get_outputs_for_camera(cameras[i : i + 1])
+            images.append(outputs["rgb"].permute(2, 0, 1).float().cpu())
     model.train(was_training)
+    if info is not None:
+        model.info = info
     return torch.stack(images)
 
 
@@ -166,12 +220,35 @@ def _edit_config(cfg: ConvergenceConfig, source_run: Path) -> Any:
         cfg.seed,
     )
     p.preview_every = 0
+    p.mode = cfg.mode
+    for name in ("idu_every", "idu_views", "idu_steps", "idu_lr"):
+        if getattr(cfg, name) is not None:
+            setattr(p, name, getattr(cfg, name))
     if not splat:
+        p.datamanager.train_num_rays_per_batch = cfg.train_rays_per_batch
         p.backprop = cfg.backprop
         p.model.implementation = "torch"
         p.model.freeze_appearance = cfg.freeze_appearance
+    if cfg.region is not None:
+        from csd_nerf.nerf.region import RegionConfig
+
+        transforms = json.loads((source_run / "dataparser_transforms.json").read_text())
+        options = {"margin": cfg.region_margin}
+        if cfg.region_preservation is not None:
+            options["preservation_weight"] = cfg.region_preservation
+        p.region = RegionConfig.from_dataset_box(
+            tuple(cfg.region[:3]),
+            tuple(cfg.region[3:]),
+            torch.tensor(transforms["transform"]),
+            transforms["scale"],
+            **options,
+        )
     for key, value in cfg.extra_pipeline.items():
-        setattr(p, key, value)
+        *parents, name = key.split(".")
+        owner = p
+        for parent in parents:
+            owner = getattr(owner, parent)
+        setattr(owner, name, value)
     config.set_timestamp()
     return config
 
@@ -196,20 +273,14 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
         )
 
     config = _edit_config(cfg, source_run)
-    holder: dict[str, Any] = {}
-
-    def targets(ids: list[int]) -> torch.Tensor:
-        return holder["train_targets"].source_images(ids)
-
     vae = build_components("tiny").vae if cfg.encoder == "vae" else None
-    prior = KnownAnswerPrior(targets, encoder=cfg.encoder, vae=vae)
+    prior = KnownAnswerPrior(encoder=cfg.encoder, vae=vae)
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup(guidance=prior)
     pipeline = trainer.pipeline
     views = pipeline.scene.views
-    holder["train_targets"] = _target_views(
-        pipeline, cfg.target_data, "train", cfg.render_resolution, prior.latent_factor
-    )
+    train_targets = _target_views(pipeline, cfg.target_data, "train", cfg.render_resolution, prior.latent_factor)
+    pipeline.scene.condition_on = train_targets  # the prior pulls each view toward the image it is conditioned on
     if len(pipeline.datamanager.eval_dataset) == 0:
         raise UserError(
             f"the source run {source_run} holds out no views to measure on: use more views or a larger held-out "
@@ -224,20 +295,48 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
         ]
     )
 
+    local: dict[str, torch.Tensor] = {}
+    if cfg.local_target_data is not None:
+        local["images"] = _target_views(pipeline, cfg.local_target_data, "val", 0, 1).source_images(
+            list(range(len(eval_targets)))
+        )
+        # Outside the edited object: the pixels the local target shares with the source.
+        local["outside"] = (local["images"] - eval_source_images).abs().amax(dim=1, keepdim=True) < 1e-6
+        # Of those, the pixels the full target changes: what an edit without a region moves and a region must keep.
+        changed = (eval_target_images - eval_source_images).abs().amax(dim=1, keepdim=True) > 1e-6
+        local["protected"] = local["outside"] & changed
+
     def mean_psnr(renders: torch.Tensor, references: torch.Tensor) -> float:
         return sum(psnr(r, t) for r, t in zip(renders, references, strict=True)) / len(renders)
 
     train_ids = list(range(len(views)))
 
+    references = {
+        name: _target_views(pipeline, data, "val", 0, 1).source_images(list(range(len(eval_targets))))
+        for name, data in cfg.references.items()
+    }
+
     def held_out() -> dict[str, float]:
         renders = _render_eval(pipeline)
         train = _render_views(pipeline, views.cameras)
-        return {
-            "to_target": mean_psnr(renders, eval_target_images),
-            "to_source": mean_psnr(renders, eval_source_images),
-            "train_to_target": mean_psnr(train, holder["train_targets"].source_images(train_ids)),
-            "train_to_source": mean_psnr(train, views.source_images(train_ids)),
-        }
+        return (
+            {
+                "to_target": mean_psnr(renders, eval_target_images),
+                "to_source": mean_psnr(renders, eval_source_images),
+                "train_to_target": mean_psnr(train, train_targets.source_images(train_ids)),
+                "train_to_source": mean_psnr(train, views.source_images(train_ids)),
+            }
+            | {f"to_{name}": mean_psnr(renders, images) for name, images in references.items()}
+            | (
+                {
+                    "local": mean_psnr(renders, local["images"]),
+                    "outside_source": psnr_where(renders, eval_source_images, local["outside"]),
+                    "protected_source": psnr_where(renders, eval_source_images, local["protected"]),
+                }
+                if local
+                else {}
+            )
+        )
 
     before = held_out()
     proposals_before = _parameters(pipeline.model, "proposal_networks.")
@@ -246,16 +345,40 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
     step_metrics: list[dict[str, float]] = []
     edit_step = pipeline.edit_step
 
+    step_seconds: list[float] = []
+
     def recorded_step(step: int):
+        begun = time.perf_counter()
         losses, metrics = edit_step(step)
+        step_seconds.append(time.perf_counter() - begun)
         step_metrics.append(metrics)
         return losses, metrics
 
     pipeline.edit_step = recorded_step
+    curve: list[dict[str, float]] = []
+    measuring = [0.0]  # seconds spent measuring during the edit, not counted as the edit's
+
+    def measure(step: int) -> None:
+        done = step + 1
+        if not cfg.eval_every or (done % cfg.eval_every and done != cfg.steps):
+            return
+        begun = time.perf_counter()
+        edit_seconds = begun - started - measuring[0]
+        value = mean_psnr(_render_eval(pipeline), eval_target_images)
+        measuring[0] += time.perf_counter() - begun
+        curve.append({"step": done, "seconds": round(edit_seconds, 2), "psnr": round(value, 3)})
+
+    if cfg.eval_every:
+        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+        # After the model's own callbacks (densification reads the step's rasteriser meta first).
+        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], measure))
     started = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - measuring[0]
     after = held_out()
+    reached = next((point for point in curve if point["psnr"] - before["to_target"] >= cfg.gain_threshold), None)
+    updater = getattr(pipeline, "updater", None)
 
     def mean(key: str) -> float | None:
         values = [m[key] for m in step_metrics if key in m]
@@ -272,13 +395,41 @@ def run_known_answer_edit(cfg: ConvergenceConfig, log: Callable[[str], None] = p
         "psnr_train_views_after": round(after["train_to_target"], 3),
         "psnr_train_views_to_source_before": round(before["train_to_source"], 3),
         "psnr_train_views_to_source_after": round(after["train_to_source"], 3),
+        **{
+            f"psnr_to_{name}_{when}": round(values[f"to_{name}"], 3)
+            for name in references
+            for when, values in (("before", before), ("after", after))
+        },
+        **{
+            f"psnr_{name}_{when}": round(values[name], 3)
+            for name in ("local", "outside_source", "protected_source")
+            if local
+            for when, values in (("before", before), ("after", after))
+        },
+        "region": dataclasses.asdict(pipeline.config.region) if pipeline.config.region.enabled else None,
+        "mode": cfg.mode,
         "steps": len(step_metrics),
         "seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / max(1, len(step_metrics)), 3),
+        "median_step_seconds": round(statistics.median(step_seconds), 3) if step_seconds else None,
+        "curve": [{**point, "gain": round(point["psnr"] - before["to_target"], 3)} for point in curve],
+        f"first_step_gain_{cfg.gain_threshold:g}db": reached["step"] if reached else None,
+        f"first_seconds_gain_{cfg.gain_threshold:g}db": reached["seconds"] if reached else None,
+        "idu": {
+            "updates": len(updater.records),
+            "views_per_update": updater.views,
+            "steps_per_update": updater.steps,
+            "every": updater.every,
+            "lr": updater.lr,
+            "views_edited": len(updater.edited),
+            "update_seconds": round(sum(r.seconds for r in updater.records), 2),
+        }
+        if updater is not None
+        else None,
         "phase_seconds_per_step": {
             phase: mean(f"time_{phase}_s") for phase in ("render", "vae", "unet", "backward", "total")
         },
-        "backprop": getattr(pipeline.scene, "mode", None),
+        "backprop": getattr(pipeline.scene, "mode", None) if cfg.mode == "distill" else None,
         "proposal_relative_change": round(
             _relative_change(proposals_before, _parameters(pipeline.model, "proposal_networks.")), 5
         )

@@ -7,7 +7,15 @@ reads these model settings back from the source run's ``config.yml``, so only th
 
 from __future__ import annotations
 
-__all__ = ["CPU_MACHINE", "CPU_NERFACTO_MODEL", "CPU_NERFACTO", "QUIET", "nerfacto_cpu_training", "as_flags"]
+__all__ = [
+    "CPU_MACHINE",
+    "CPU_NERFACTO_MODEL",
+    "CPU_NERFACTO",
+    "EXACT_POSES",
+    "QUIET",
+    "nerfacto_cpu_training",
+    "as_flags",
+]
 
 CPU_MACHINE = ["--machine.device-type", "cpu", "--pipeline.model.implementation", "torch"]
 """nerfacto on a CPU: the torch implementation of its hash grid and MLPs."""
@@ -41,11 +49,19 @@ QUIET = ["--vis", "tensorboard", "--logging.local-writer.enable", "False"]
 """No viewer and no per-step table: for scripted runs."""
 
 
-def nerfacto_cpu_training(steps: int, rays_per_batch: int = 1024) -> list[str]:
-    """Flags of a CPU source run of ``steps`` steps (saved at its end)."""
+EXACT_POSES = ["--pipeline.model.camera-optimizer.mode", "off"]
+"""The synthetic scenes' poses are exact (ray-traced): nerfacto's pose refinement (SO3xR3 by default) can only
+drift them, and held-out cameras get no correction. Measured on the 48-view, 32 px scene: held-out PSNR 13.9 dB
+after 1000 steps with it, 21.6 dB after 500 without (the edit inherits the mode from the source run)."""
+
+
+def nerfacto_cpu_training(steps: int, rays_per_batch: int = 1024, exact_poses: bool = True) -> list[str]:
+    """Flags of a CPU source run of ``steps`` steps (saved at its end); ``exact_poses``: no pose refinement (a
+    synthetic scene; off: nerfacto's default, e.g. to test what an edit does to a source's pose corrections)."""
     return [
         *CPU_MACHINE,
         *CPU_NERFACTO,
+        *(EXACT_POSES if exact_poses else []),
         "--max-num-iterations", str(steps),
         "--steps-per-save", str(steps),
         "--pipeline.datamanager.train-num-rays-per-batch", str(rays_per_batch),

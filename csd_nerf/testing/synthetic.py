@@ -6,6 +6,8 @@ nerfacto to learn something recognisable in a few hundred CPU steps and small en
 
 The ``edited`` layout is the same capture (same cameras, same file names) with the small sphere moved, enlarged
 and recoloured and the box recoloured: the target of the known-answer edit (``scripts/bench_convergence.py``).
+The ``local`` layout changes only the ball (as ``edited`` does): the target of a local edit restricted to
+:data:`LOCAL_REGION`.
 
     python -m csd_nerf.testing.synthetic data/synthetic --num-views 24 --size 64 [--layout edited]
 """
@@ -21,23 +23,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["SceneLayout", "LAYOUTS", "SyntheticSceneConfig", "make_synthetic_scene", "make_scene_pair", "look_at"]
+__all__ = [
+    "SceneLayout",
+    "LAYOUTS",
+    "LOCAL_REGION",
+    "SyntheticSceneConfig",
+    "make_synthetic_scene",
+    "make_scene_pair",
+    "make_scene_triple",
+    "look_at",
+]
 
 Vec3 = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
 class SceneLayout:
-    """Where the primitives are and what colour they have."""
+    """Where the primitives are and what colour they have (apart: no primitive touches another)."""
 
     big_centre: Vec3 = (0.0, 0.0, 0.55)
     big_radius: float = 0.55
     stripe_colours: tuple[Vec3, Vec3] = ((0.85, 0.25, 0.2), (0.95, 0.8, 0.3))
-    small_centre: Vec3 = (0.55, 0.45, 0.3)
+    small_centre: Vec3 = (0.85, 0.7, 0.3)
     small_radius: float = 0.3
     small_colour: Vec3 = (0.2, 0.7, 0.35)
-    box_lo: Vec3 = (-0.85, -0.2, 0.0)
-    box_hi: Vec3 = (-0.45, 0.2, 0.6)
+    box_lo: Vec3 = (-1.05, -0.2, 0.0)
+    box_hi: Vec3 = (-0.65, 0.2, 0.6)
     box_colour: Vec3 = (0.25, 0.4, 0.9)
 
 
@@ -47,12 +58,20 @@ LAYOUTS = {
     # box turned orange: an edit that changes much of every view, so a NeRF fit of CPU quality can show it.
     "edited": SceneLayout(
         stripe_colours=((0.15, 0.3, 0.85), (0.92, 0.92, 0.95)),
-        small_centre=(0.3, 0.8, 0.42),
-        small_radius=0.42,
+        small_centre=(0.85, -0.6, 0.38),
+        small_radius=0.38,
         small_colour=(0.85, 0.25, 0.75),
         box_colour=(0.95, 0.55, 0.1),
     ),
+    # The local target: the source with only the ball changed as in "edited" (blue and white stripes). An edit
+    # toward "edited" restricted to LOCAL_REGION should reach this, leaving the rest as the source.
+    "local": SceneLayout(stripe_colours=((0.15, 0.3, 0.85), (0.92, 0.92, 0.95))),
 }
+LOCAL_REGION = ((0.0, 0.0, 0.55), (0.57, 0.57, 0.57))
+"""An axis-aligned box (centre, half-sizes) in the dataset's coordinates (its ``transforms.json``) around the
+object the "local" layout changes, the ball, with 2 cm to spare. Nothing else that "edited" changes is in it
+(the small sphere, where it is and where it goes, and the box stay outside); the ground under the ball is, and
+"edited" leaves it as it is."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +289,15 @@ def make_scene_pair(folder: Path, config: SyntheticSceneConfig | None = None) ->
     source = make_synthetic_scene(Path(folder) / "source", replace(config, layout="source"))
     edited = make_synthetic_scene(Path(folder) / "edited", replace(config, layout="edited"))
     return source, edited
+
+
+def make_scene_triple(folder: Path, config: SyntheticSceneConfig | None = None) -> tuple[Path, Path, Path]:
+    """:func:`make_scene_pair` and ``folder/local``: source, full target and local target of one capture."""
+    from dataclasses import replace
+
+    config = config or SyntheticSceneConfig()
+    source, edited = make_scene_pair(folder, config)
+    return source, edited, make_synthetic_scene(Path(folder) / "local", replace(config, layout="local"))
 
 
 def main(argv: list[str] | None = None) -> None:
