@@ -38,7 +38,7 @@ from csd_nerf.media.optimise import OptimConfig, run_edit
 from csd_nerf.media.output import StagedOutput
 from csd_nerf.media.panorama import check_windows
 from csd_nerf.media.progress import Progress
-from csd_nerf.media.ranks import join, local_device, release, wait_for_release
+from csd_nerf.media.ranks import join, leave, local_device, release, wait_for_release
 from csd_nerf.media.record import device_info, run_record, write_record
 from csd_nerf.signals import exit_status, signal_name, terminate_as_interrupt
 
@@ -292,9 +292,9 @@ def _warn(console, notices: list[str], said: set[str]) -> None:
             console.print(f"[yellow]note:[/] {notice}", soft_wrap=True, highlight=False)
 
 
-def follow(args: argparse.Namespace, group: ParticleGroup) -> None:
+def follow(args: argparse.Namespace, group: ParticleGroup) -> bool:
     """A process of rank > 0 under torchrun: the same job and steps as rank 0 (its share of every step's
-    particles), nothing written, nothing printed."""
+    particles), nothing written, nothing printed. False when rank 0 stopped before the edit (it says why)."""
     config = edit_config(args)
     optim = OptimConfig(args.steps, args.lr, args.lr_decay, args.lr_decay_every)
     device, dtype = resolve_device(args.device, args.dtype)
@@ -303,10 +303,11 @@ def follow(args: argparse.Namespace, group: ParticleGroup) -> None:
     guidance = GuidanceConfig(args.model, device, dtype, args.reference_conditioning, args.max_unet_batch).setup()
     job.plan(guidance)
     if not wait_for_release(group):
-        return
+        return False
     seed_everything(args.seed)
     scene = job.build_scene(guidance)
     run_edit(CSDEditor(guidance, config, group=group), scene, scene.parameters(), optim)
+    return True
 
 
 def run(args: argparse.Namespace, console, argv: list[str] | None = None, group: ParticleGroup | None = None) -> Path:
@@ -421,12 +422,15 @@ def main(argv: list[str] | None = None) -> int:
             _check_args(args)
             group = join(resolve_device(args.device, args.dtype)[0])
             if not group.is_main:
-                follow(args, group)
+                leave(group, wait=follow(args, group))
                 return 0
             try:
                 folder = run(args, console, argv, group)
-            finally:
+            except BaseException:
                 release(group, False)  # stopped before its checks passed: the others stop too
+                leave(group, wait=False)
+                raise
+            leave(group)
     except UserError as exc:
         print(f"csd-edit-2d: error: {first_line(exc, 1000)}", file=sys.stderr)
         return 2

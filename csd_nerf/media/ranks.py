@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from csd_nerf.distributed import ParticleGroup
 
-__all__ = ["launched_world_size", "join", "local_device", "release", "wait_for_release"]
+__all__ = ["launched_world_size", "join", "leave", "local_device", "release", "wait_for_release"]
 
 
 def launched_world_size() -> int:
@@ -49,3 +49,17 @@ def release(group: ParticleGroup, go: bool) -> None:
 def wait_for_release(group: ParticleGroup) -> bool:
     """The other processes: whether rank 0's checks passed (they stop quietly otherwise: rank 0 says why)."""
     return bool(group.broadcast(None))
+
+
+def leave(group: ParticleGroup, wait: bool = True) -> None:
+    """Every process, on its way out: wait for the others (``wait``: after a finished job, when they all get
+    here), then tear the process group down.
+
+    A process that exits while gloo's threads still serve its group can abort (``terminate called without an
+    active exception``, SIGABRT): rank > 0 finishes its steps while rank 0 is still writing the output, so it
+    waits here for rank 0 rather than exiting under it.
+    """
+    if group.world_size > 1 and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
