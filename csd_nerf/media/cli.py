@@ -33,7 +33,7 @@ from csd_nerf.errors import SettingError, UserError, first_line
 from csd_nerf.guidance import DEFAULT_MODEL, GuidanceConfig
 from csd_nerf.guidance.loading import resolve_dtype
 from csd_nerf.media.images import MAX_MEGAPIXELS
-from csd_nerf.media.jobs import PanoramaJob, VideoJob, seed_everything
+from csd_nerf.media.jobs import PanoramaJob, VideoJob, saved_previews, seed_everything
 from csd_nerf.media.optimise import OptimConfig, run_edit
 from csd_nerf.media.output import StagedOutput
 from csd_nerf.media.panorama import check_windows
@@ -347,6 +347,7 @@ def run(args: argparse.Namespace, console, argv: list[str] | None = None, group:
 
     previews: list[str] = []
     scene = None
+    folder: Path | None = None
     try:
         folder = output.open()  # inside: a signal right after it still finds the staging folder to clean
         tic = time.perf_counter()
@@ -385,6 +386,8 @@ def run(args: argparse.Namespace, console, argv: list[str] | None = None, group:
         return output.commit()
     except KeyboardInterrupt as exc:
         where = f"at step {progress.step} of {optim.steps}" if progress.step else "before the first step"
+        if args.save_every and folder is not None and (folder / "steps").is_dir():
+            previews = saved_previews(folder)  # the signal may have come between a preview's write and its listing
         if not previews:
             output.discard()
             raise Interrupted(exc, f"{where}: nothing written") from None

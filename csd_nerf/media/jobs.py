@@ -11,6 +11,7 @@ latent gradient by it and composites its results with the source at the input's 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,9 @@ __all__ = [
     "panorama_working_size",
     "trained_latent_size",
     "trained_image_size",
+    "saved_previews",
     "seed_everything",
+    "write_preview",
 ]
 
 MAX_ENLARGED_WINDOWS = 16
@@ -164,9 +167,7 @@ class PanoramaJob:
         return ["edited.png", "comparison.png"]
 
     def write_preview(self, folder: Path, guidance: IP2PGuidance, scene: PanoramaScene, step: int) -> str:
-        name = f"steps/step_{step:05d}.png"
-        io.write_image(folder / name, self.render(guidance, scene), self.alpha)
-        return name
+        return write_preview(folder, step, self.render(guidance, scene), self.alpha)
 
     def info(self, scene: PanoramaScene | None = None) -> dict:
         out: dict = {"size": list(self.size), "alpha": self.alpha is not None}
@@ -298,9 +299,7 @@ class VideoJob:
         return [name, "comparison.png"]
 
     def write_preview(self, folder: Path, guidance: IP2PGuidance, scene: VideoScene, step: int) -> str:
-        name = f"steps/step_{step:05d}.png"
-        io.write_image(folder / name, io.frame_grid(self.render(guidance, scene, original_size=False)))
-        return name
+        return write_preview(folder, step, io.frame_grid(self.render(guidance, scene, original_size=False)))
 
     def info(self, scene: VideoScene | None = None) -> dict:
         out: dict = {
@@ -319,6 +318,25 @@ class VideoJob:
         if scene is not None:
             out["latent_size"] = list(scene.parameter.shape[-1:-3:-1])
         return out
+
+
+def write_preview(folder: Path, step: int, image: np.ndarray, alpha: np.ndarray | None = None) -> str:
+    """Write the result after ``step`` as ``steps/step_NNNNN.png`` in ``folder``, whole or not at all (a signal may
+    stop the run mid-write); returns its name relative to ``folder``."""
+    name = f"steps/step_{step:05d}.png"
+    partial = folder / f"steps/.step_{step:05d}.partial.png"
+    io.write_image(partial, image, alpha)
+    os.replace(partial, folder / name)
+    return name
+
+
+def saved_previews(folder: Path) -> list[str]:
+    """The whole previews in ``folder/steps`` (names relative to ``folder``, in step order); a partial one that a
+    signal left behind is removed."""
+    steps = folder / "steps"
+    for partial in steps.glob(".step_*.partial.png"):
+        partial.unlink(missing_ok=True)
+    return sorted(f"steps/{path.name}" for path in steps.glob("step_*.png"))
 
 
 def seed_everything(seed: int) -> None:
