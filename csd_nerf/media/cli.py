@@ -386,7 +386,7 @@ def run(args: argparse.Namespace, console, argv: list[str] | None = None, group:
         return output.commit()
     except KeyboardInterrupt as exc:
         where = f"at step {progress.step} of {optim.steps}" if progress.step else "before the first step"
-        if args.save_every and folder is not None and (folder / "steps").is_dir():
+        if folder is not None and (folder / "steps").is_dir():
             previews = saved_previews(folder)  # the signal may have come between a preview's write and its listing
         if not previews:
             output.discard()
