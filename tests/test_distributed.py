@@ -125,3 +125,37 @@ def test_csd_edit_2d_under_torchrun_writes_what_one_process_does(tmp_path):
         )
         assert np.abs(a - b).max() <= 1
         assert np.abs(b - source).mean() > 20
+
+
+def test_under_torchrun_only_rank_0_speaks(tmp_path, monkeypatch, capsys):
+    """Bad input is found by every process alike and said once; a signal that reaches every process (torchrun
+    forwards it) is said by rank 0 alone, even when it comes while the processes are still meeting."""
+    import os
+    import subprocess
+    import sys
+
+    import csd_nerf.media.cli as cli
+    from csd_nerf.media.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    args = ["video", "--input", str(frames), "--prompt", " ", "--ip2p-model", "tiny", "--device", "cpu"]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "csd_nerf.media.cli", *args]
+        + ["--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert two.returncode != 0
+    assert two.stderr.count("csd-edit-2d: error:") == 1, two.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+    def signal_during_rendezvous(device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "join", signal_during_rendezvous)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", "csd-edit-2d: interrupted (Ctrl-C) before the edit: nothing written\n")):
+        monkeypatch.setenv("RANK", rank)
+        frames_ok = ["video", "--input", str(frames), "--prompt", "x", "--ip2p-model", "tiny", "--device", "cpu"]
+        assert main([*frames_ok, "--output", str(tmp_path / f"rank{rank}")]) == 130
+        assert capsys.readouterr().err == said

@@ -38,7 +38,7 @@ from csd_nerf.media.optimise import OptimConfig, run_edit
 from csd_nerf.media.output import StagedOutput
 from csd_nerf.media.panorama import check_windows
 from csd_nerf.media.progress import Progress
-from csd_nerf.media.ranks import join, leave, local_device, release, wait_for_release
+from csd_nerf.media.ranks import is_follower, join, leave, local_device, release, wait_for_release
 from csd_nerf.media.record import device_info, run_record, write_record
 from csd_nerf.signals import exit_status, signal_name, terminate_as_interrupt
 
@@ -295,13 +295,19 @@ def _warn(console, notices: list[str], said: set[str]) -> None:
 def follow(args: argparse.Namespace, group: ParticleGroup) -> bool:
     """A process of rank > 0 under torchrun: the same job and steps as rank 0 (its share of every step's
     particles), nothing written, nothing printed. False when rank 0 stopped before the edit (it says why)."""
-    config = edit_config(args)
-    optim = OptimConfig(args.steps, args.lr, args.lr_decay, args.lr_decay_every)
-    device, dtype = resolve_device(args.device, args.dtype)
-    job = _make_job(args)
-    _quiet_loaders()
-    guidance = GuidanceConfig(args.model, device, dtype, args.reference_conditioning, args.max_unet_batch).setup()
-    job.plan(guidance)
+    try:
+        config = edit_config(args)
+        optim = OptimConfig(args.steps, args.lr, args.lr_decay, args.lr_decay_every)
+        device, dtype = resolve_device(args.device, args.dtype)
+        job = _make_job(args)
+        _quiet_loaders()
+        guidance = GuidanceConfig(args.model, device, dtype, args.reference_conditioning, args.max_unet_batch).setup()
+        job.plan(guidance)
+    except UserError:
+        # Rank 0 checks the same input, says what is wrong and releases the others: leaving before that release
+        # would break its broadcast (a gloo traceback instead of the one line).
+        wait_for_release(group)
+        raise
     if not wait_for_release(group):
         return False
     seed_everything(args.seed)
@@ -435,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             leave(group)
     except UserError as exc:
-        print(f"csd-edit-2d: error: {first_line(exc, 1000)}", file=sys.stderr)
+        if not is_follower():  # every process checks the same input: rank 0 says it once
+            print(f"csd-edit-2d: error: {first_line(exc, 1000)}", file=sys.stderr)
         return 2
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
@@ -443,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"csd-edit-2d: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        if is_follower():  # the signal reached every process: rank 0 says how far the run got
+            return exit_status(exc)
         what = exc.message if isinstance(exc, Interrupted) else "before the edit: nothing written"
         print(f"csd-edit-2d: interrupted ({signal_name(exc)}) {what}", file=sys.stderr)
         return exit_status(exc)

@@ -14,12 +14,18 @@ import torch.distributed as dist
 
 from csd_nerf.distributed import ParticleGroup
 
-__all__ = ["launched_world_size", "join", "leave", "local_device", "release", "wait_for_release"]
+__all__ = ["launched_world_size", "is_follower", "join", "leave", "local_device", "release", "wait_for_release"]
 
 
 def launched_world_size() -> int:
     """How many processes ``torchrun`` started for this job (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_follower() -> bool:
+    """Whether torchrun started this process with a rank above 0 (known before the group is joined: a signal can
+    come during the rendezvous)."""
+    return launched_world_size() > 1 and int(os.environ.get("RANK", "0")) > 0
 
 
 def local_device(device: str) -> str:
