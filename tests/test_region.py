@@ -178,14 +178,48 @@ def test_only_the_gaussians_inside_the_region_receive_the_edit(splat_pipeline, t
     views = TrainViews(splat_pipeline.datamanager.train_dataset, 32, tiny_guidance.latent_factor)
     scene = SplatScene(model, views, tiny_guidance)
     box = _central_box(splat_pipeline, 0.4)
-    scene.set_region(box)
+    scene.set_region(box, 1.0)
     latents = scene.latents([0, 5])
-    scene.backward(latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)))
+    losses = scene.backward(latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)))
+    assert losses["preservation_loss"] > 0  # the pull of the pixels the region does not render
     inside = box.weights(model.means.detach()) > 0
     assert 10 < int(inside.sum()) < len(inside) // 2  # observed 138 of 4488
     for name, param in model.gauss_params.items():
         assert float(param.grad[~inside].abs().max()) == 0.0, name
     assert float(model.means.grad[inside].abs().max()) > 0
+    model.zero_grad(set_to_none=True)
+    scene.set_region(None)
+
+
+def test_a_splat_region_renders_the_share_of_each_pixel_its_gaussians_make(splat_pipeline, tiny_guidance):
+    """The share rendered with every weight 1 is the render's alpha; the box's share lies between 0 and it, and
+    an edit's pixel gradient is scaled by it (a Gaussian inside the box spreads over pixels outside it)."""
+    from csd_nerf.nerf.splat_scene import SplatScene
+    from csd_nerf.nerf.views import TrainViews
+
+    model = splat_pipeline.model
+    model.eval()
+    views = TrainViews(splat_pipeline.datamanager.train_dataset, 32, tiny_guidance.latent_factor)
+    scene = SplatScene(model, views, tiny_guidance)
+    cameras = [scene._camera(i) for i in (0, 5)]
+    count = model.means.shape[0]
+    with torch.no_grad():
+        _, alpha, _ = model._rasterize(cameras, torch.ones(count, 1), None)
+    everything = model.render_share(cameras, torch.ones(count))
+    torch.testing.assert_close(everything, alpha.permute(0, 3, 1, 2))
+    box = _central_box(splat_pipeline, 0.4)
+    share = model.render_share(cameras, box.weights(model.means.detach()))
+    assert bool((share <= everything + 1e-6).all()) and float(share.min()) >= 0
+    assert 0.01 < float(share.mean()) < 0.5  # the box covers part of the views
+
+    scene.set_region(box, 0.0)
+    latents = scene.latents([0, 5])
+    renders = scene._step[1]
+    renders.retain_grad()
+    scene.backward(latents, torch.ones_like(latents))
+    plain = renders.detach().requires_grad_(True)
+    tiny_guidance.encode_images(plain).sum().backward()
+    torch.testing.assert_close(renders.grad, plain.grad * share)
     model.zero_grad(set_to_none=True)
     scene.set_region(None)
 

@@ -34,7 +34,8 @@ class RegionConfig:
     margin: float = 0.0
     """Width of a soft edge outside the box, in world units, where the edit fades out (0: a hard edge)."""
     preservation_weight: float = 1.0
-    """nerfacto only: weight of the pull of pixels outside the region toward the source images (0: off)."""
+    """Weight of the pull of pixels outside the region toward the source images (0: off): nerfacto's field is
+    shared by all space, and a splat inside the box can spread over pixels outside it."""
 
     @property
     def enabled(self) -> bool:

@@ -148,15 +148,33 @@ class CSDSplatModel(SourcePoses, SplatfactoCPUModel):
         pose correction). The rasteriser's meta goes to the densification strategy, which then sees every view of
         the step rather than the last one only.
         """
-        device = self.device
-        c2w = torch.cat([self.camera_optimizer.apply_to_camera(cam.to(device)) for cam in cameras])
-        Ks = torch.cat([cam.get_intrinsics_matrices() for cam in cameras]).to(device)
-        width, height = int(cameras[0].width.item()), int(cameras[0].height.item())
         colors = torch.cat((self.features_dc[:, None, :], self.features_rest), dim=1)
         sh_degree = self._sh_degree()
         if sh_degree is None:
             colors = torch.sigmoid(colors).squeeze(1)
-        render, alpha, info = rasterizer_for(device)(
+        render, alpha, info = self._rasterize(cameras, colors, sh_degree)
+        if self.training and self.config.densify and torch.is_grad_enabled():  # not an idu update's render
+            self.info = info
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
+        rgb = (render[..., :3] + (1 - alpha) * background.to(self.device)).clamp(0.0, 1.0)
+        return rgb.permute(0, 3, 1, 2), info
+
+    @torch.no_grad()
+    def render_share(self, cameras: Sequence[Cameras], weights: torch.Tensor) -> torch.Tensor:
+        """How much of each pixel the Gaussians account for, each counted by its ``weights`` ``[N]`` in [0, 1]:
+        ``sum_i T_i alpha_i weights_i`` (the region's share of a pixel), ``[n, 1, h, w]``; the views as
+        :meth:`render_views` takes them."""
+        share, _, _ = self._rasterize(cameras, weights.to(self.means)[:, None], None)
+        return share.clamp(0.0, 1.0).permute(0, 3, 1, 2)
+
+    def _rasterize(
+        self, cameras: Sequence[Cameras], colors: torch.Tensor, sh_degree: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        device = self.device
+        c2w = torch.cat([self.camera_optimizer.apply_to_camera(cam.to(device)) for cam in cameras])
+        Ks = torch.cat([cam.get_intrinsics_matrices() for cam in cameras]).to(device)
+        width, height = int(cameras[0].width.item()), int(cameras[0].height.item())
+        return rasterizer_for(device)(
             means=self.means,
             quats=self.quats,
             scales=torch.exp(self.scales),
@@ -175,11 +193,6 @@ class CSDSplatModel(SourcePoses, SplatfactoCPUModel):
             absgrad=self.strategy.absgrad,
             rasterize_mode=self.config.rasterize_mode,
         )
-        if self.training and self.config.densify and torch.is_grad_enabled():  # not an idu update's render
-            self.info = info
-            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
-        rgb = (render[..., :3] + (1 - alpha) * background.to(device)).clamp(0.0, 1.0)
-        return rgb.permute(0, 3, 1, 2), info
 
     def step_post_backward(self, step: int) -> None:
         if not self.config.densify:
