@@ -81,6 +81,10 @@ def main() -> int:
     parser.add_argument("--prompt", default=None, help="type this into 'Edit instruction' (then press Enter)")
     parser.add_argument("--resume", action="store_true", help="press the viewer's 'Resume Training' button")
     parser.add_argument("--region", default=None, help="CX,CY,CZ,SX,SY,SZ: type an edit region in and switch it on")
+    parser.add_argument(
+        "--no-composite-depth", action="store_true", help="untick 'Composite depth' (draw the box over the render)"
+    )
+    parser.add_argument("--zoom-out", type=int, default=0, help="scroll the 3D view out this many notches first")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--html", default=None, help="also write the page's HTML here")
@@ -119,6 +123,13 @@ def main() -> int:
                         field.press("Enter")
                 page.locator("label", has_text="Edit inside the box only").first.click()
                 page.wait_for_timeout(1000)
+            for _ in range(args.zoom_out):
+                page.mouse.move(500, 600)
+                page.mouse.wheel(0, 400)
+                page.wait_for_timeout(300)
+            if args.no_composite_depth:
+                page.locator("label", has_text="Composite depth").first.click()
+                page.wait_for_timeout(3000)
             if args.resume:
                 page.get_by_role("button", name="Resume Training").first.click()
                 page.wait_for_timeout(1000)
