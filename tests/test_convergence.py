@@ -86,10 +86,11 @@ def test_nerfacto_edit_converges_toward_the_target(nerfacto_edit, nerfacto_contr
     primitives touching: +1.18 / +1.50 and +0.64 dB held out.)"""
     edit, control = nerfacto_edit, nerfacto_control
     assert edit["steps"] == EDIT_STEPS and edit["held_out_views"] == 6
-    assert edit["psnr_gain"] >= 1.5, edit  # observed 2.97: margin 1.47 dB
+    # Observed 2.97 and 2.10 here (two sessions), 1.91 on the CI machine (its source run differs): margin 0.41 dB.
+    assert edit["psnr_gain"] >= 1.5, edit
     # Held-out views (never edited directly) end closer to the target than the same run toward the source does.
     beyond = edit["psnr_after"] - control["psnr_to_target_after"]
-    assert beyond >= 1.5, (beyond, edit, control)  # observed 2.97: margin 1.47 dB
+    assert beyond >= 1.5, (beyond, edit, control)  # observed 2.97 / 2.17: margin 0.67 dB
     assert edit["psnr_train_views_after"] >= edit["psnr_train_views_before"] + 3.0, edit  # observed 6.05: margin 3
     assert _toward_target(edit, "train") >= 5.0, edit  # observed 14.9 (away from the source): margin 9.9
     assert edit["proposal_relative_change"] > 0.01 and edit["field_relative_change"] > 0.01
