@@ -45,7 +45,7 @@ class SplatScene(ViewScene):
         self, model: CSDSplatModel, views: TrainViews, guidance: Prior, preservation_weight: float = 0.0
     ) -> None:
         super().__init__(model, views, guidance, preservation_weight)
-        self._step: tuple[list[int], torch.Tensor, dict, torch.Tensor | None] | None = None
+        self._step: tuple[list[int], torch.Tensor, dict, torch.Tensor | None, torch.Tensor | None] | None = None
 
     def set_region(self, box: Box | None, preservation_weight: float = 0.0) -> None:
         """Edit only the Gaussians inside ``box`` (the rest are frozen); ``preservation_weight`` holds the pixels
@@ -64,19 +64,20 @@ class SplatScene(ViewScene):
         cameras = [self._camera(i) for i in ids]
         renders, info = self.model.render_views(cameras, self.model.background_color)
         self.last_renders = renders.detach()
-        inside = None
+        inside = weight = None
         images = renders.to(self.guidance.device)
         if self.region is not None:  # the edit reaches a pixel as far as the region's Gaussians make it
-            inside = self.model.render_share(cameras, self.region.weights(self.model.means.detach().float()))
+            weight = self.region.weights(self.model.means.detach().float())
+            inside = self.model.render_share(cameras, weight)
             images = weight_gradient(images, inside.to(images.device))
-        self._step = (ids, renders, info, inside)
+        self._step = (ids, renders, info, inside, weight)
         return self.guidance.encode_images(images)
 
     def backward(self, latents: torch.Tensor, grad: torch.Tensor) -> dict[str, float]:
         """One backward through the VAE and the rasteriser; returns the extra terms' values."""
         if self._step is None:
             raise RuntimeError("backward() without latents(): the editor renders the views first")
-        ids, renders, info, inside = self._step
+        ids, renders, info, inside, weight = self._step
         self._step = None
         loss = (latents * grad).sum()
         losses: dict[str, float] = {}
@@ -85,15 +86,15 @@ class SplatScene(ViewScene):
             loss = loss + self.loss_share * preservation
             losses["preservation_loss"] = float(preservation.detach())
         loss.backward()
-        if self.region is not None:
-            self._freeze_outside(info)
+        if weight is not None:
+            self._freeze_outside(info, weight)
         return losses
 
     @torch.no_grad()
-    def _freeze_outside(self, info: dict) -> None:
-        """Only Gaussians whose means lie inside the region keep their gradients (fading over its margin); those
-        outside neither move nor count toward densification (their screen-space gradients are dropped too)."""
-        weight = self.region.weights(self.model.means.detach().float())
+    def _freeze_outside(self, info: dict, weight: torch.Tensor) -> None:
+        """Only Gaussians whose means lie inside the region (``weight`` ``[N]``, fading over its margin) keep their
+        gradients; those outside neither move nor count toward densification (their screen-space gradients are
+        dropped too)."""
         for param in self.model.gauss_params.values():
             if param.grad is not None:
                 param.grad.mul_(weight.view(-1, *[1] * (param.dim() - 1)).to(param.grad.dtype))
